@@ -1,0 +1,89 @@
+"""The one sampling interface, and the one training interface trainers see.
+
+* :class:`Generator` — ``sample(prompts, n, seed, ...) -> Media`` for any modality.
+* :class:`DiffusionAdapter` — what a trainer needs of a diffusion generator: prompt and media
+  encoders, the forward (noising) process, the training target of the family's objective
+  (epsilon, v-prediction or flow-matching velocity) and the denoiser to adapt. SDXL's pooled
+  embeddings and ``add_time_ids``, video frames and audio latents live inside the adapter, so
+  trainers never branch on the family.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Sequence
+
+import torch
+
+from mmalign.errors import ConfigError
+from mmalign.media import Media
+
+Cond = dict[str, torch.Tensor]
+"""Prompt conditioning as a dict of tensors with batch first (e.g. ``prompt_embeds``,
+``pooled_prompt_embeds``, ``add_time_ids``), so it can be cached, indexed and concatenated."""
+
+
+class DiffusionAdapter(ABC):
+    """Family-specific glue between a diffusers denoiser and a family-agnostic trainer."""
+
+    #: "epsilon" | "v_prediction" | "flow" (velocity ``noise - x0``, rectified flow)
+    prediction_type: str
+    #: number of training timesteps (DDPM-style) or 1000 for flow models (t in [0, 1000))
+    num_train_timesteps: int = 1000
+
+    @property
+    @abstractmethod
+    def denoiser(self) -> torch.nn.Module:
+        """The module to fine-tune (UNet or transformer)."""
+
+    @property
+    @abstractmethod
+    def lora_target_modules(self) -> list[str]:
+        """Default LoRA target module names for :attr:`denoiser` (peft ``target_modules``)."""
+
+    @abstractmethod
+    def encode_prompts(self, prompts: Sequence[str]) -> Cond:
+        """Text conditioning for ``prompts`` (batch first)."""
+
+    @abstractmethod
+    def encode_media(self, media: Media) -> torch.Tensor:
+        """Clean latents ``x0`` of ``media`` (scaled as the denoiser expects)."""
+
+    def sample_timesteps(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training timesteps, uniform over the schedule (integers for DDPM-style, floats for flow)."""
+        return torch.randint(0, self.num_train_timesteps, (batch_size,), generator=generator)
+
+    @abstractmethod
+    def noise(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The noisy latents ``x_t`` from ``x0``, ``noise`` and timesteps ``t`` (forward process)."""
+
+    @abstractmethod
+    def target(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the denoiser is trained to predict at ``t`` (epsilon, v or flow velocity)."""
+
+    @abstractmethod
+    def predict(self, noisy: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """The denoiser's prediction for ``noisy`` at ``t`` given ``cond`` (same layout as :meth:`target`)."""
+
+
+class Generator(ABC):
+    """A text-to-media generator (image, video or audio)."""
+
+    modality: str
+
+    @abstractmethod
+    def sample(
+        self,
+        prompts: Sequence[str],
+        n: int = 1,
+        seed: int = 0,
+        steps: int | None = None,
+        guidance: float | None = None,
+        batch_size: int = 8,
+        progress: bool = True,
+        **kwargs: Any,
+    ) -> Media:
+        """``n`` samples per prompt, prompt-major (all samples of prompt 0 first). Same seed, same output."""
+
+    def trainable(self) -> DiffusionAdapter:
+        raise ConfigError(f"{type(self).__name__} is sampling-only (not a diffusion model); it cannot be trained")
