@@ -61,15 +61,19 @@ def _layout_one(rng: np.random.Generator, size: int, r: float, margin: float = 1
 
 def _layout_pair(rng: np.random.Generator, size: int, relation: str | None, r: float) -> list[tuple[float, float]]:
     """Two centres that do not overlap; for a relation, the first is clearly on that side of the second."""
+    lo, hi = r + 1.0, size - r - 1.0
     for _ in range(1000):
-        a, b = _layout_one(rng, size, r), _layout_one(rng, size, r)
-        dx, dy = a[0] - b[0], a[1] - b[1]
-        if max(abs(dx), abs(dy)) < 2 * r + 2:
-            continue
-        if relation is not None:
+        b = _layout_one(rng, size, r)
+        if relation is None:
+            a = _layout_one(rng, size, r)
+            if max(abs(a[0] - b[0]), abs(a[1] - b[1])) < 2 * r + 2:
+                continue
+        else:
             sx, sy = RELATIONS[relation]
-            along, across = (dx * sx, abs(dy)) if sx else (dy * sy, abs(dx))
-            if along < 2 * r + 2 or across > 0.5 * along:
+            along = float(rng.uniform(2 * r + 2, hi - lo))
+            across = float(rng.uniform(-0.4, 0.4)) * along
+            a = (b[0] + sx * along + abs(sy) * across, b[1] + sy * along + abs(sx) * across)
+            if not (lo <= a[0] <= hi and lo <= a[1] <= hi):
                 continue
         return [a, b]
     raise InputError(f"could not lay out two objects of size {r} in {size}px for relation {relation!r}")
@@ -84,7 +88,7 @@ def render_image_spec(spec: Spec, rng: np.random.Generator, size: int = 32) -> t
         centres = [_layout_one(rng, size, r)]
         objects = [spec.objects[0]]
     else:
-        r = float(rng.uniform(5, 6.5)) * s
+        r = float(rng.uniform(4.5, 6)) * s
         centres = _layout_pair(rng, size, spec.relation, r)
         objects = [spec.objects[0]] * 2 if spec.kind == "count" else list(spec.objects)
     truth = []

@@ -1,0 +1,308 @@
+"""Train the shipped tiny generators of the synthetic world (reproducible, seeded, CPU).
+
+    python -m mmalign.synth.train --model synth-sdxl            # VAE, then UNet + both text encoders
+    python -m mmalign.synth.train --model synth-sdxl --stage unet --steps 12000
+
+``synth-sdxl`` is a real :class:`~diffusers.StableDiffusionXLPipeline`: a tiny ``AutoencoderKL``
+(32×32 images ↔ 8×8×8 latents), two tiny CLIP text encoders (the second with projection, for
+SDXL's pooled embedding) on the project's tokenizer, and a ~2.3M-parameter ``UNet2DConditionModel``
+with SDXL's ``text_time`` additional conditioning. It is trained with the epsilon objective of
+SDXL's scaled-linear schedule, with 10% empty prompts for classifier-free guidance.
+The models are imperfect on purpose: alignment needs room to show its effect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from mmalign.paths import asset_path
+from mmalign.synth.prompts import sample_prompts
+from mmalign.synth.render import render
+
+TOKENIZER_DIR = asset_path("tokenizers", "clip-synth")
+IMAGE_SIZE = 32
+LATENT_SIZE = 8  # the VAE downsamples 4x: 32x32x3 images <-> 8x8x8 latents
+LATENT_CHANNELS = 8
+
+
+def _tokenizer():
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR))
+
+
+# ---------------------------------------------------------------------------------------------
+# components
+
+
+def build_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 64),
+        layers_per_block=1,
+        latent_channels=LATENT_CHANNELS,
+        norm_num_groups=8,
+        sample_size=IMAGE_SIZE,
+    )
+
+
+def build_text_encoders(tok):
+    """Two tiny CLIP text encoders on the project's tokenizer; the second has SDXL's projection."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    def cfg(hidden: int, proj: int) -> CLIPTextConfig:
+        return CLIPTextConfig(
+            vocab_size=len(tok),
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=tok.model_max_length,
+            projection_dim=proj,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+
+    return CLIPTextModel(cfg(64, 64)), CLIPTextModelWithProjection(cfg(64, 64))
+
+
+def build_sdxl_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=LATENT_SIZE,
+        in_channels=LATENT_CHANNELS,
+        out_channels=LATENT_CHANNELS,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(48, 96),
+        layers_per_block=1,
+        transformer_layers_per_block=1,
+        attention_head_dim=(4, 8),
+        cross_attention_dim=128,  # 64 (encoder 1) + 64 (encoder 2), concatenated as in SDXL
+        norm_num_groups=16,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 64,  # add_time_ids (6) + pooled text (64)
+        use_linear_projection=True,
+    )
+
+
+def build_scheduler():
+    from diffusers import EulerDiscreteScheduler
+
+    return EulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+        timestep_spacing="leading",
+        steps_offset=1,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def image_bank(n: int, seed: int, split: str = "train") -> tuple[torch.Tensor, list[str]]:
+    """``n`` rendered training images ``[n, 3, 32, 32]`` and their prompts."""
+    prompts = sample_prompts("image", n, seed=seed, split=split)
+    chunks = [render(prompts[i : i + 2000], seed=seed + i).pixels for i in range(0, n, 2000)]
+    return torch.cat(chunks), prompts
+
+
+def _save_atomic(module, out: Path) -> None:
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    module.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# stages
+
+
+def train_vae(out: Path, steps: int, seed: int, batch: int = 32, lr: float = 3e-3, log=print) -> None:
+    torch.manual_seed(seed)
+    vae = build_vae()
+    images, _ = image_bank(20000, seed)
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    g = torch.Generator().manual_seed(seed)
+    bar = tqdm(range(steps), desc="vae", mininterval=5)
+    for step in bar:
+        x = images[torch.randint(0, len(images), (batch,), generator=g)] * 2 - 1
+        post = vae.encode(x).latent_dist
+        z = post.sample(generator=g)
+        rec = vae.decode(z).sample
+        kl = post.kl().mean() / z[0].numel()
+        loss = F.mse_loss(rec, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            log(json.dumps({"stage": "vae", "step": step, "loss": loss.item(), "kl": kl.item()}))
+    vae.eval()
+    with torch.no_grad():
+        z = torch.cat([vae.encode(images[i : i + 500] * 2 - 1).latent_dist.mode() for i in range(0, 4000, 500)])
+    vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+    _save_atomic(vae, out / "vae")
+
+
+def _encode_text(tok, te1, te2, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+    h1 = te1(ids, output_hidden_states=True).hidden_states[-2]
+    o2 = te2(ids, output_hidden_states=True)
+    return torch.cat([h1, o2.hidden_states[-2]], dim=-1), o2.text_embeds
+
+
+def train_sdxl_unet(
+    out: Path, steps: int, seed: int, batch: int = 32, lr: float = 1e-3, ema_decay: float = 0.998, log=print
+) -> None:
+    """Train the UNet and both text encoders (epsilon objective), resumable from ``out/unet_state.pt``.
+
+    The learning rate is constant after a 200-step warm-up, so a run stopped early (``touch out/STOP``)
+    equals a run with that many ``--steps``; the shipped weights are the EMA of the trained ones.
+    """
+    import copy
+
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    tok = _tokenizer()
+    vae = AutoencoderKL.from_pretrained(out / "vae").eval()
+    te1, te2 = build_text_encoders(tok)
+    unet = build_sdxl_unet()
+    scheduler = build_scheduler()
+    modules = torch.nn.ModuleList([unet, te1, te2])
+    ema = copy.deepcopy(modules).requires_grad_(False)
+    log(json.dumps({"unet_params": sum(p.numel() for p in unet.parameters())}))
+    images, prompts = image_bank(40000, seed + 1)
+    with torch.no_grad():
+        latents = torch.cat(
+            [vae.encode(images[i : i + 1000] * 2 - 1).latent_dist.mode() for i in range(0, len(images), 1000)]
+        ) * vae.config.scaling_factor
+    del images
+    params = list(modules.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200))
+    g = torch.Generator().manual_seed(seed)
+    start = 0
+    state_path = out / "unet_state.pt"
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        modules.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        g.set_state(state["rng"])
+        start = state["step"]
+        log(json.dumps({"resumed_at": start}))
+    alphas = scheduler.alphas_cumprod
+    time_ids = torch.tensor([IMAGE_SIZE, IMAGE_SIZE, 0, 0, IMAGE_SIZE, IMAGE_SIZE], dtype=torch.float32)
+    bar = tqdm(range(start, steps), desc="unet", mininterval=5, initial=start, total=steps)
+    for step in bar:
+        idx = torch.randint(0, len(latents), (batch,), generator=g)
+        x0 = latents[idx]
+        texts = [prompts[i] if torch.rand((), generator=g) > 0.1 else "" for i in idx.tolist()]
+        emb, pooled = _encode_text(tok, te1, te2, texts)
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, 1000, (batch,), generator=g)
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        pred = unet(
+            xt, t, encoder_hidden_states=emb,
+            added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids.expand(batch, 6)},
+        ).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), params):
+                pe.lerp_(pm, 1 - ema_decay)
+        done = step + 1
+        if step % 100 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            log(json.dumps({"stage": "unet", "step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0]}))
+        stop = (out / "STOP").exists()
+        if done % 500 == 0 or done == steps or stop:
+            state = {"model": modules.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                     "sched": sched.state_dict(), "rng": g.get_state(), "step": done}
+            torch.save(state, state_path.with_suffix(".tmp"))
+            os.replace(state_path.with_suffix(".tmp"), state_path)
+        if stop:
+            log(json.dumps({"stage": "unet", "stopped_at": done}))
+            break
+    unet, te1, te2 = ema
+    assemble_sdxl(out, vae, te1, te2, tok, unet, scheduler)
+
+
+def assemble_sdxl(out: Path, vae, te1, te2, tok, unet, scheduler) -> None:
+    """Save the components as one ``StableDiffusionXLPipeline`` folder (atomically)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline(
+        vae=vae.eval(), text_encoder=te1.eval(), text_encoder_2=te2.eval(), tokenizer=tok, tokenizer_2=tok,
+        unet=unet.eval(), scheduler=scheduler, force_zeros_for_empty_prompt=False,
+    )
+    final = out / "pipeline"
+    _save_atomic(pipe, final)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=["synth-sdxl"], default="synth-sdxl")
+    p.add_argument("--stage", choices=["all", "vae", "unet"], default="all")
+    p.add_argument("--vae-steps", type=int, default=600)
+    p.add_argument("--steps", type=int, default=8000, help="UNet training steps")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument("--work", type=Path, default=None, help="work folder (default: assets/models/<model>.work)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = args.work or asset_path("models", args.model + ".work")
+    work.mkdir(parents=True, exist_ok=True)
+    logf = open(work / "train_log.jsonl", "a")
+
+    def log(line: str) -> None:
+        logf.write(line + "\n")
+        logf.flush()
+
+    t0 = time.time()
+    if args.stage in ("all", "vae"):
+        train_vae(work, args.vae_steps, args.seed, log=log)
+        log(json.dumps({"stage": "vae", "done_s": time.time() - t0}))
+    if args.stage in ("all", "unet"):
+        train_sdxl_unet(work, args.steps, args.seed, batch=args.batch, log=log)
+        log(json.dumps({"stage": "unet", "done_s": time.time() - t0}))
+    print(f"done in {(time.time() - t0) / 60:.1f} min; pipeline in {work / 'pipeline'}")
+
+
+if __name__ == "__main__":
+    main()
