@@ -20,6 +20,7 @@ names the file and the problem. Nothing is resized, padded or resampled unless a
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from mmalign.errors import InputError
+from mmalign.errors import ConfigError, InputError
 
 Modality = str  # "image" | "video" | "audio"
 MODALITIES: tuple[str, ...] = ("image", "video", "audio")
@@ -285,3 +286,451 @@ class AudioBatch(_Batch):
 
 Media = ImageBatch | VideoBatch | AudioBatch
 
+
+
+# --------------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------------
+
+EXTENSIONS: dict[str, str] = {
+    ".png": "image", ".jpg": "image", ".jpeg": "image", ".webp": "image",
+    ".mp4": "video", ".webm": "video", ".gif": "video",
+    ".wav": "audio", ".flac": "audio",
+    ".npy": "array",  # one item in the to_numpy() layout: [H, W, 3], [T, H, W, 3] or [C, N] / [N]
+}  # fmt: skip
+DEFAULT_FORMAT: dict[str, str] = {"image": "png", "video": "mp4", "audio": "wav"}
+_DECODE_ERRORS = (OSError, ValueError, RuntimeError, SyntaxError, EOFError, IndexError, Image.DecompressionBombError)
+
+
+def _checked_file(path: str | os.PathLike) -> tuple[Path, str]:
+    """The path and its kind (image/video/audio/array), after checking it is a non-empty file we can read."""
+    path = Path(path)
+    kind = EXTENSIONS.get(path.suffix.lower())
+    if kind is None:
+        raise InputError(f"{path}: unknown extension {path.suffix!r}; mmalign reads {', '.join(EXTENSIONS)}")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; use load_folder() for folders")
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file (0 bytes)")
+    return path, kind
+
+
+def _meta(path: Path) -> list[dict[str, Any]]:
+    return [{"path": str(path), "name": path.stem}]
+
+
+def load_image(path: str | os.PathLike) -> ImageBatch:
+    """One image file (PNG/JPEG/WebP) as an ImageBatch of one; EXIF rotation applied, any mode → RGB."""
+    path, _ = _checked_file(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            arr = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    except _DECODE_ERRORS as e:
+        raise InputError(f"{path}: cannot decode image ({e}); the file is truncated or corrupt") from e
+    return ImageBatch.from_numpy(arr, where=str(path), metadata=_meta(path))
+
+
+def load_video(path: str | os.PathLike) -> VideoBatch:
+    """One video file (MP4/WebM/GIF) as a VideoBatch of one, every frame decoded (PyAV), at its own fps."""
+    import av
+
+    path, _ = _checked_file(path)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise InputError(f"{path}: no video stream (zero frames)")
+            stream = container.streams.video[0]
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+            rate, expected = stream.guessed_rate or stream.average_rate, stream.frames
+    except InputError:
+        raise
+    except av.error.EOFError as e:
+        raise InputError(f"{path}: the stream ends before its first frame (a zero-frame or truncated video)") from e
+    except _DECODE_ERRORS as e:
+        raise InputError(f"{path}: cannot decode video ({e}); the file is truncated or corrupt") from e
+    if not frames:
+        raise InputError(f"{path}: video has zero frames")
+    if expected and len(frames) < expected:
+        raise InputError(f"{path}: truncated video: decoded {len(frames)} of the {expected} frames its header lists")
+    if len({f.shape for f in frames}) > 1:
+        raise InputError(f"{path}: frame size changes within the video ({sorted({f.shape for f in frames})})")
+    if not rate:
+        raise InputError(f"{path}: the video has no frame rate")
+    return VideoBatch.from_numpy(np.stack(frames), where=str(path), fps=float(rate), metadata=_meta(path))
+
+
+def load_audio(path: str | os.PathLike) -> AudioBatch:
+    """One audio file (WAV/FLAC) as an AudioBatch of one ``[1, C, N]`` at its own sample rate."""
+    import soundfile as sf
+
+    path, _ = _checked_file(path)
+    try:
+        data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except _DECODE_ERRORS as e:
+        raise InputError(f"{path}: cannot decode audio ({e}); the file is truncated or corrupt") from e
+    if data.shape[0] == 0:
+        raise InputError(f"{path}: audio has zero samples")
+    if path.suffix.lower() == ".wav" and _wav_is_truncated(path):
+        raise InputError(f"{path}: truncated WAV: the file is shorter than its header says")
+    return AudioBatch.from_numpy(data.T, where=str(path), sample_rate=int(sample_rate), metadata=_meta(path))
+
+
+def _wav_is_truncated(path: Path) -> bool:
+    """True if a RIFF/WAVE file is shorter than its header's size field (libsndfile reads such files quietly)."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return False  # RF64 / other layouts: libsndfile checks them
+    declared = struct.unpack("<I", head[4:8])[0]
+    if declared in (0, 0xFFFFFFFF):  # written by a streaming encoder that never knew the size
+        return False
+    return declared + 8 > path.stat().st_size
+
+
+def load_array(path: str | os.PathLike, *, fps: float = 8.0, sample_rate: int = 16000) -> Media:
+    """One ``.npy`` item in the ``to_numpy()`` layout: image ``[H, W, 3]``, video ``[T, H, W, 3]``
+    (uint8 or float in [0, 1]) or audio ``[C, N]`` / ``[N]`` (float in [-1, 1])."""
+    path, _ = _checked_file(path)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except _DECODE_ERRORS as e:
+        raise InputError(f"{path}: cannot read the .npy file ({e}); it is truncated or not a plain array") from e
+    if arr.ndim == 3 and arr.shape[-1] == 3:
+        return ImageBatch.from_numpy(arr, where=str(path), metadata=_meta(path))
+    if arr.ndim == 4 and arr.shape[-1] == 3:
+        return VideoBatch.from_numpy(arr, where=str(path), fps=fps, metadata=_meta(path))
+    if arr.ndim in (1, 2):
+        return AudioBatch.from_numpy(arr, where=str(path), sample_rate=sample_rate, metadata=_meta(path))
+    raise InputError(
+        f"{path}: array of shape {arr.shape} is no media item; expected image [H, W, 3], video [T, H, W, 3] "
+        "or audio [C, N] / [N]"
+    )
+
+
+def load_media(path: str | os.PathLike, *, fps: float = 8.0, sample_rate: int = 16000) -> Media:
+    """One file as a batch of one, chosen by extension (see :data:`EXTENSIONS`).
+
+    ``fps`` and ``sample_rate`` are used only for ``.npy`` files, which do not store them. The item's
+    metadata records its ``path`` and ``name`` (the file stem, which :func:`save_media` reuses).
+    """
+    _, kind = _checked_file(path)
+    if kind == "image":
+        return load_image(path)
+    if kind == "video":
+        return load_video(path)
+    if kind == "audio":
+        return load_audio(path)
+    return load_array(path, fps=fps, sample_rate=sample_rate)
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_folder` did with each file of a folder."""
+
+    folder: Path
+    loaded: list[Path] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # (file, why) of unreadable files
+    ignored: list[Path] = field(default_factory=list)  # files that are not media of the loaded modality
+
+    def __str__(self) -> str:
+        lines = [f"{self.folder}: loaded {len(self.loaded)}, skipped {len(self.skipped)}, ignored {len(self.ignored)}"]
+        lines += [f"  skipped {p.name}: {why}" for p, why in self.skipped]
+        return "\n".join(lines)
+
+
+def load_folder(
+    folder: str | os.PathLike,
+    modality: Literal["image", "video", "audio"] | None = None,
+    *,
+    on_error: Literal["raise", "skip"] = "raise",
+    size: int | tuple[int, int] | None = None,
+    frames: int | None = None,
+    length: int | None = None,
+    recursive: bool = False,
+    fps: float = 8.0,
+    sample_rate: int = 16000,
+    progress: bool = False,
+) -> tuple[Media, LoadReport]:
+    """Load every media file of a folder (sorted by path) into one batch, plus a :class:`LoadReport`.
+
+    ``modality=None`` takes the one modality the folder's files have (an error if it mixes several).
+    Files of other kinds or with unknown extensions (a manifest, a README) are ignored and listed in
+    the report. An unreadable file raises, or with ``on_error="skip"`` is skipped and listed with
+    the reason. Items must agree in shape: images of different sizes raise unless ``size=`` (an int
+    or ``(H, W)``) resizes them; videos likewise, and their frame counts must agree unless
+    ``frames=`` trims or pads (by repeating the last frame); audio lengths unless ``length=`` trims or
+    pads with silence. Frame rates, sample rates and channel counts must agree. ``fps`` and
+    ``sample_rate`` apply to ``.npy`` files only.
+    """
+    from tqdm.auto import tqdm
+
+    folder = Path(folder)
+    if on_error not in ("raise", "skip"):
+        raise ConfigError(f"load_folder: on_error must be 'raise' or 'skip', got {on_error!r}")
+    if modality not in (None, *MODALITIES):
+        raise ConfigError(f"load_folder: modality must be one of {MODALITIES} or None, got {modality!r}")
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder")
+    files = sorted(p for p in (folder.rglob("*") if recursive else folder.iterdir()) if p.is_file() and not p.name.startswith("."))
+    kinds = {p: EXTENSIONS.get(p.suffix.lower()) for p in files}
+    if modality is None:
+        found = {k: sum(v == k for v in kinds.values()) for k in MODALITIES if k in kinds.values()}
+        if len(found) > 1:
+            mix = ", ".join(f"{n} {k}" for k, n in found.items())
+            raise InputError(f"{folder}: the folder mixes {mix} files; pass modality= to load one kind")
+        modality = next(iter(found), None)
+    report = LoadReport(folder)
+    items: list[Media] = []
+    for p in tqdm(files, desc=f"loading {folder.name}", disable=not progress):
+        if kinds[p] not in ("array", modality):
+            report.ignored.append(p)
+            continue
+        try:
+            item = load_media(p, fps=fps, sample_rate=sample_rate)
+            if modality is not None and item.modality != modality:
+                raise InputError(f"{p}: holds {item.modality} data, but the folder's media are {modality}")
+        except InputError as e:
+            if on_error == "raise":
+                raise
+            report.skipped.append((p, str(e).removeprefix(f"{p}: ")))
+            continue
+        modality = item.modality
+        items.append(item)
+        report.loaded.append(p)
+    if not items:
+        raise InputError(f"{folder}: no loadable {modality or 'media'} files\n{report}")
+    return _harmonize(items, folder, size=size, frames=frames, length=length), report
+
+
+def _mismatch(folder: Path, what: str, items: list[Media], key: Callable[[Media], Any], fix: str) -> None:
+    """Raise if ``key`` differs between items, naming the first file and the first one that differs."""
+    first = key(items[0])
+    for item in items[1:]:
+        if key(item) != first:
+            a, b = items[0].metadata[0]["path"], item.metadata[0]["path"]
+            raise InputError(f"{folder}: {what} differ: {a} has {first}, {b} has {key(item)}; {fix}")
+
+
+def _harmonize(items: list[Media], folder: Path, *, size: Any, frames: int | None, length: int | None) -> Media:
+    """Check (or, where asked, make) the items of a folder agree in shape, then concatenate them."""
+    cls = type(items[0])
+    if cls is VideoBatch:
+        _mismatch(folder, "frame rates", items, lambda b: b.fps, "load videos of different fps separately")
+        if frames is not None:
+            items = [_fit_length(b, frames, dim=1) for b in items]
+        _mismatch(folder, "frame counts", items, lambda b: b.pixels.shape[1], "pass frames=N to trim or pad them")
+    if cls is AudioBatch:
+        _mismatch(folder, "sample rates", items, lambda b: b.sample_rate, "resample them to one rate first")
+        _mismatch(folder, "channel counts", items, lambda b: b.samples.shape[1], "convert them to one layout first")
+        if length is not None:
+            items = [_fit_length(b, length, dim=2) for b in items]
+        _mismatch(folder, "lengths (samples)", items, lambda b: b.samples.shape[2], "pass length=N to trim or pad them")
+    if cls in (ImageBatch, VideoBatch):
+        if size is not None:
+            items = [resize(b, size) for b in items]
+        _mismatch(folder, "sizes (H, W)", items, lambda b: tuple(b.pixels.shape[-2:]), "pass size=(H, W) to resize them")
+    return cls.cat(items)
+
+
+def _fit_length(batch: Media, n: int, dim: int) -> Media:
+    """Trim to ``n`` along ``dim``, or pad: videos repeat their last frame, audio gets silence."""
+    if n <= 0:
+        raise ConfigError(f"frames/length must be positive, got {n}")
+    x = batch.data
+    if x.shape[dim] >= n:
+        x = x.narrow(dim, 0, n)
+    else:
+        pad = x.narrow(dim, x.shape[dim] - 1, 1) if dim == 1 else torch.zeros_like(x.narrow(dim, 0, 1))
+        x = torch.cat([x, pad.expand(*[n - x.shape[dim] if d == dim else -1 for d in range(x.ndim)])], dim)
+    return batch._sub(x, list(range(len(batch))))
+
+
+def resize(batch: ImageBatch | VideoBatch, size: int | tuple[int, int]) -> ImageBatch | VideoBatch:
+    """Images or video frames resized to ``size`` (``(H, W)``, or an int for square), bilinear with antialiasing."""
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    if len(hw) != 2 or min(hw) <= 0:
+        raise ConfigError(f"size must be a positive int or (H, W), got {size!r}")
+    px = batch.pixels
+    if tuple(px.shape[-2:]) == hw:
+        return batch
+    flat = px.reshape(-1, *px.shape[-3:]).float()
+    out = torch.nn.functional.interpolate(flat, size=hw, mode="bilinear", antialias=True, align_corners=False)
+    return batch._sub(out.clamp(0, 1).reshape(*px.shape[:-2], *hw).to(px.dtype), list(range(len(batch))))
+
+
+# --------------------------------------------------------------------------------------------------
+# Saving
+# --------------------------------------------------------------------------------------------------
+
+_PIL_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    ".png": ("PNG", {}),
+    ".jpg": ("JPEG", {"quality": 95}),
+    ".jpeg": ("JPEG", {"quality": 95}),
+    ".webp": ("WEBP", {"lossless": True}),
+}
+_VIDEO_CODECS: dict[str, tuple[str, str]] = {".mp4": ("mp4", "libx264"), ".webm": ("webm", "libvpx-vp9")}
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a hidden temp file in the same folder, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_video(frames: np.ndarray, fps: float, path: Path, ext: str, crf: int) -> None:
+    """``frames`` ``[T, H, W, 3]`` uint8 to MP4 (H.264) / WebM (VP9) / GIF (per-frame adaptive palette)."""
+    import av
+
+    height, width = frames.shape[1:3]
+    rate = Fraction(fps).limit_denominator(1001)
+    if ext == ".gif":
+        with av.open(str(path), "w", format="gif") as container:
+            stream = container.add_stream("gif", rate=rate)
+            stream.width, stream.height, stream.pix_fmt = width, height, "pal8"
+            for f in frames:
+                q = Image.fromarray(f).quantize(256, method=Image.Quantize.MEDIANCUT)
+                palette = np.zeros((256, 4), np.uint8)
+                palette[:, 0] = 255  # alpha; PyAV takes the palette as ARGB
+                rgb = np.asarray(q.getpalette()[:768], np.uint8).reshape(-1, 3)
+                palette[: len(rgb), 1:] = rgb
+                container.mux(stream.encode(av.VideoFrame.from_ndarray((np.asarray(q), palette), format="pal8")))
+            container.mux(stream.encode())
+        return
+    fmt, codec = _VIDEO_CODECS[ext]
+    with av.open(str(path), "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": str(crf)} if codec == "libx264" else {"crf": str(crf), "b": "0"}
+        for f in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def _item_names(batch: Media, names: Sequence[str] | None) -> list[str]:
+    if names is None:
+        meta = batch.metadata or []
+        stems = [m.get("name") if isinstance(m, dict) else None for m in meta]
+        if len(stems) == len(batch) and all(isinstance(s, str) and s for s in stems) and len(set(stems)) == len(stems):
+            return stems
+        return [f"{i:05d}" for i in range(len(batch))]
+    names = [str(n) for n in names]
+    if len(names) != len(batch):
+        raise InputError(f"save_media: {len(names)} names for {len(batch)} items; give one name per item")
+    bad = [n for n in names if not n or "/" in n or os.sep in n or n.startswith(".")]
+    if bad:
+        raise InputError(f"save_media: names must be plain file names, got {bad[:3]}")
+    if len(set(names)) != len(names):
+        raise InputError("save_media: names must be unique")
+    return names
+
+
+def save_media(
+    batch: Media,
+    folder: str | os.PathLike,
+    names: Sequence[str] | None = None,
+    *,
+    format: str | None = None,
+    crf: int = 12,
+) -> list[Path]:
+    """Write one file per item into ``folder`` (created if needed) and return the paths.
+
+    Names default to the items' ``metadata["name"]`` (set by the loaders) or ``00000``, ``00001``, ….
+    A name with a known extension picks its own format; otherwise ``format`` (e.g. ``"jpg"``,
+    ``"webm"``, ``"flac"``, ``"npy"``) or the modality's default (PNG, MP4, WAV). Each file is written
+    to a hidden temp file and renamed, so no reader ever sees half a file. ``crf`` sets MP4/WebM
+    quality (lower is better; 12 keeps the synthetic world's colors). Audio is 16-bit PCM.
+    """
+    folder = Path(folder)
+    default = "." + (format or DEFAULT_FORMAT[batch.modality]).lower().lstrip(".")
+    if EXTENSIONS.get(default) not in (batch.modality, "array"):
+        raise InputError(f"save_media: cannot write {batch.modality} items as {default!r}")
+    # check every item before writing any, so a bad item does not leave half a batch on disk
+    paths = []
+    lo = -1.0 if batch.modality == "audio" else 0.0
+    for i, name in enumerate(_item_names(batch, names)):
+        kind = EXTENSIONS.get(Path(name).suffix.lower())
+        if kind not in (None, batch.modality, "array"):
+            raise InputError(f"save_media: cannot write {batch.modality} item {i} as {name!r} (a {kind} format)")
+        path = folder / name if kind else folder / f"{name}{default}"
+        where = f"{type(batch).__name__} item {i} ({path.name})"
+        _check_range(batch.data[i].detach().float().cpu(), where, lo, 1.0)
+        height, width = batch.data.shape[-2:]
+        if path.suffix.lower() in _VIDEO_CODECS and (height % 2 or width % 2):
+            raise InputError(f"{where}: {path.suffix} (yuv420p) needs an even width and height, got {width}x{height}; resize or save as .gif")
+        paths.append(path)
+    if len(set(paths)) != len(paths):
+        raise InputError(f"save_media: two items would be written to the same file: {[p.name for p in paths]}")
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, path in enumerate(paths):
+        ext = path.suffix.lower()
+        data = batch.data[i].detach().float().cpu().clamp(lo, 1.0)
+        if ext == ".npy":
+            arr = batch[i].to_numpy()[0].clip(lo, 1.0)
+            _atomic_write(path, lambda tmp: np.save(tmp, arr))
+        elif batch.modality == "image":
+            pil_format, options = _PIL_OPTIONS[ext]
+            image = Image.fromarray(_to_uint8(data, path.name).transpose(1, 2, 0))
+            _atomic_write(path, lambda tmp: image.save(tmp, format=pil_format, **options))
+        elif batch.modality == "video":
+            frames = _to_uint8(data, path.name).transpose(0, 2, 3, 1)
+            _atomic_write(path, lambda tmp: _write_video(frames, batch.fps, tmp, ext, crf))
+        else:
+            import soundfile as sf
+
+            fmt = ext.lstrip(".").upper()
+            _atomic_write(path, lambda tmp: sf.write(str(tmp), data.numpy().T, batch.sample_rate, subtype="PCM_16", format=fmt))
+    return paths
+
+
+# --------------------------------------------------------------------------------------------------
+# Previews
+# --------------------------------------------------------------------------------------------------
+
+
+def _tile(px: torch.Tensor, ncol: int, padding: int, pad_value: float) -> Image.Image:
+    """``px`` ``[N, 3, H, W]`` tiled row-major, ``ncol`` per row, as one PIL image."""
+    n, _, h, w = px.shape
+    nrows = -(-n // ncol)
+    canvas = torch.full((3, nrows * (h + padding) + padding, ncol * (w + padding) + padding), float(pad_value))
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        y, x = padding + r * (h + padding), padding + c * (w + padding)
+        canvas[:, y : y + h, x : x + w] = px[i].detach().float().cpu()
+    return Image.fromarray(_to_uint8(canvas, "grid").transpose(1, 2, 0))
+
+
+def image_grid(batch: ImageBatch, nrow: int = 8, padding: int = 2, pad_value: float = 1.0) -> Image.Image:
+    """The images tiled into one PIL image, ``nrow`` images per row (as torchvision's ``make_grid``)."""
+    if not isinstance(batch, ImageBatch):
+        raise InputError(f"image_grid: expected an ImageBatch, got {type(batch).__name__} (videos: video_contact_sheet)")
+    if nrow < 1:
+        raise ConfigError(f"image_grid: nrow must be >= 1, got {nrow}")
+    return _tile(batch.pixels, min(nrow, len(batch)), padding, pad_value)
+
+
+def video_contact_sheet(
+    batch: VideoBatch, frames: int | Sequence[int] = 8, padding: int = 2, pad_value: float = 1.0
+) -> Image.Image:
+    """One row per video, one column per frame: ``frames`` evenly spaced frames, or these frame indices."""
+    if not isinstance(batch, VideoBatch):
+        raise InputError(f"video_contact_sheet: expected a VideoBatch, got {type(batch).__name__}")
+    t = batch.pixels.shape[1]
+    if isinstance(frames, int):
+        if frames < 1:
+            raise ConfigError(f"video_contact_sheet: frames must be >= 1, got {frames}")
+        index = np.linspace(0, t - 1, min(frames, t)).round().astype(int).tolist()
+    else:
+        index = [int(i) for i in frames]
+        if not index or any(not -t <= i < t for i in index):
+            raise InputError(f"video_contact_sheet: frame indices {index} out of range for {t} frames")
+    px = batch.pixels[:, index]
+    return _tile(px.reshape(-1, *px.shape[2:]), len(index), padding, pad_value)

@@ -33,12 +33,15 @@ TOKENIZER_DIR = asset_path("tokenizers", "clip-synth")
 IMAGE_SIZE = 32
 LATENT_SIZE = 8  # the VAE downsamples 4x: 32x32x3 images <-> 8x8x8 latents
 LATENT_CHANNELS = 8
+MAX_TOKENS = 16  # the longest grammar prompt is 10 words; shorter sequences make every step cheaper
 
 
 def _tokenizer():
     from transformers import CLIPTokenizer
 
-    return CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    tok = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    tok.model_max_length = MAX_TOKENS
+    return tok
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,10 +276,122 @@ def assemble_sdxl(out: Path, vae, te1, te2, tok, unet, scheduler) -> None:
     _save_atomic(pipe, final)
 
 
+def video_bank(n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+    """``n`` rendered training videos ``[n, T, 3, 32, 32]`` and their prompts."""
+    prompts = sample_prompts("video", n, seed=seed, split="train")
+    return render(prompts, seed=seed).pixels, prompts
+
+
+def build_motion_adapter():
+    from diffusers import MotionAdapter
+
+    return MotionAdapter(
+        block_out_channels=(48, 96),
+        motion_layers_per_block=1,
+        motion_num_attention_heads=4,
+        motion_norm_num_groups=16,
+        motion_max_seq_length=16,
+        use_motion_mid_block=True,
+    )
+
+
+def train_video(out: Path, image_pipeline: Path, steps: int, seed: int, batch: int = 8, lr: float = 5e-4,
+                ema_decay: float = 0.995, log=print) -> None:
+    """``synth-video``: AnimateDiff on the ``synth-sdxl`` pipeline (``AnimateDiffSDXLPipeline``).
+
+    As AnimateDiff trains its motion modules on a frozen image model, the spatial UNet stays as
+    trained on images; the motion modules, the cross-attention layers and the text encoders learn
+    the new words (motion, static, change over time) from rendered videos, with the same epsilon
+    objective and 10% empty prompts. Resumable and stoppable like the image stage.
+    """
+    import copy
+
+    from diffusers import AnimateDiffSDXLPipeline, StableDiffusionXLPipeline, UNetMotionModel
+
+    torch.manual_seed(seed)
+    base = StableDiffusionXLPipeline.from_pretrained(image_pipeline)
+    tok, vae, te1, te2, scheduler = base.tokenizer, base.vae.eval(), base.text_encoder, base.text_encoder_2, base.scheduler
+    adapter = build_motion_adapter()
+    unet = UNetMotionModel.from_unet2d(base.unet, adapter)
+    unet.requires_grad_(False)
+    train_names = [n for n, _ in unet.named_parameters() if "motion_modules" in n or ".attn2." in n]
+    for n, p in unet.named_parameters():
+        p.requires_grad_(n in train_names)
+    modules = torch.nn.ModuleList([unet, te1, te2])
+    te1.requires_grad_(True)
+    te2.requires_grad_(True)
+    ema = copy.deepcopy(modules).requires_grad_(False)
+    params = [p for p in modules.parameters() if p.requires_grad]
+    log(json.dumps({"video_trainable_params": sum(p.numel() for p in params)}))
+    videos, prompts = video_bank(4000, seed + 2)
+    b, t = videos.shape[:2]
+    with torch.no_grad():
+        frames = videos.reshape(b * t, *videos.shape[2:])
+        lat = torch.cat([vae.encode(frames[i : i + 1000] * 2 - 1).latent_dist.mode() for i in range(0, len(frames), 1000)])
+        latents = (lat * vae.config.scaling_factor).reshape(b, t, *lat.shape[1:]).permute(0, 2, 1, 3, 4).contiguous()
+    del videos, frames, lat
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
+    g = torch.Generator().manual_seed(seed)
+    start, state_path = 0, out / "video_state.pt"
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        modules.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        g.set_state(state["rng"])
+        start = state["step"]
+    alphas = scheduler.alphas_cumprod
+    time_ids = torch.tensor([IMAGE_SIZE, IMAGE_SIZE, 0, 0, IMAGE_SIZE, IMAGE_SIZE], dtype=torch.float32)
+    bar = tqdm(range(start, steps), desc="video", mininterval=5, initial=start, total=steps)
+    for step in bar:
+        idx = torch.randint(0, len(latents), (batch,), generator=g)
+        x0 = latents[idx]
+        texts = [prompts[i] if torch.rand((), generator=g) > 0.1 else "" for i in idx.tolist()]
+        emb, pooled = _encode_text(tok, te1, te2, texts)
+        noise = torch.randn(x0.shape, generator=g)
+        tt = torch.randint(0, 1000, (batch,), generator=g)
+        a = alphas[tt].view(-1, 1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        # as AnimateDiffSDXLPipeline: text embeddings repeated per frame, pooled ones per video
+        pred = unet(xt, tt, encoder_hidden_states=emb.repeat_interleave(x0.shape[2], dim=0),
+                    added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids.expand(batch, 6)}).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), modules.parameters()):
+                if pm.requires_grad:
+                    pe.lerp_(pm, 1 - ema_decay)
+        done = step + 1
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            log(json.dumps({"stage": "video", "step": step, "loss": loss.item()}))
+        stop = (out / "STOP").exists()
+        if done % 250 == 0 or done == steps or stop:
+            state = {"model": modules.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                     "sched": sched.state_dict(), "rng": g.get_state(), "step": done}
+            torch.save(state, state_path.with_suffix(".tmp"))
+            os.replace(state_path.with_suffix(".tmp"), state_path)
+        if stop:
+            log(json.dumps({"stage": "video", "stopped_at": done}))
+            break
+    unet, te1, te2 = ema
+    pipe = AnimateDiffSDXLPipeline(
+        vae=vae, text_encoder=te1.eval(), text_encoder_2=te2.eval(), tokenizer=tok, tokenizer_2=tok,
+        unet=unet.eval(), motion_adapter=adapter, scheduler=scheduler, force_zeros_for_empty_prompt=False,
+    )
+    _save_atomic(pipe, out / "pipeline")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=["synth-sdxl"], default="synth-sdxl")
-    p.add_argument("--stage", choices=["all", "vae", "unet"], default="all")
+    p.add_argument("--model", choices=["synth-sdxl", "synth-video"], default="synth-sdxl")
+    p.add_argument("--stage", choices=["all", "vae", "unet"], default="all", help="synth-sdxl stages")
     p.add_argument("--vae-steps", type=int, default=600)
     p.add_argument("--steps", type=int, default=8000, help="UNet training steps")
     p.add_argument("--batch", type=int, default=32)
@@ -295,6 +410,12 @@ def main(argv: list[str] | None = None) -> None:
         logf.flush()
 
     t0 = time.time()
+    if args.model == "synth-video":
+        image_pipeline = asset_path("models", "synth-sdxl")
+        train_video(work, image_pipeline, args.steps, args.seed, log=log)
+        log(json.dumps({"stage": "video", "done_s": time.time() - t0}))
+        print(f"done in {(time.time() - t0) / 60:.1f} min; pipeline in {work / 'pipeline'}")
+        return
     if args.stage in ("all", "vae"):
         train_vae(work, args.vae_steps, args.seed, log=log)
         log(json.dumps({"stage": "vae", "done_s": time.time() - t0}))

@@ -1,0 +1,151 @@
+"""Build preference data from a generator and scorers: sample k per prompt, score, write pairs and rankings.
+
+Outputs (a folder): ``media/`` (one file per sample), ``rankings.jsonl`` (every prompt's k items with
+their win rates ψ), ``pairs.jsonl`` (one pair per prompt) and ``meta.json``; both manifests are read
+by :func:`mmalign.data.pairs.read_manifest`.
+
+* **Rankings** — RankDPO's Syn-Pic (Karthik et al. 2024, Algorithm 1; ``training.md`` §2): for each
+  scorer v and ordered pair (i, j), i gets a point if R_v(x_i) > R_v(x_j); ψ_i = C_i / (n·(k − 1)),
+  a win rate over all scorers and opponents (raw scores are never averaged across scorers).
+* **Pairs**, ``mode="best-worst"``: highest-ψ vs lowest-ψ item; equal ψ is a tie (label 0.5).
+* **Pairs**, ``mode="unifiedreward"``: UnifiedReward's DPO sifting (``scorers.md`` §6.3): pair ranking
+  of items (2j, 2j+1) with ``compare`` (mean P(a ≻ b) over scorers; an exact 0.5 is a tie and the
+  pair is skipped instead of defaulting to the first image), then point sifting: the best chosen
+  item vs the worst rejected item by ψ (= the pointwise score order for one scorer), kept only
+  if the chosen one scores strictly higher (numerically, not as strings).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from mmalign.errors import InputError
+from mmalign.media import save_media
+
+MODES = ("best-worst", "unifiedreward")
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    pairs: Path
+    rankings: Path
+    n_prompts: int
+    n_pairs: int
+    n_ties: int
+
+
+def win_rates(scores: torch.Tensor) -> torch.Tensor:
+    """Syn-Pic ψ from per-scorer scores ``[n, P, k]`` → ``[P, k]`` in [0, 1] (Algorithm 1)."""
+    if scores.ndim != 3 or scores.shape[-1] < 2:
+        raise InputError(f"win_rates: expected scores [n_scorers, prompts, k ≥ 2], got {tuple(scores.shape)}")
+    n, _, k = scores.shape
+    wins = (scores.unsqueeze(-1) > scores.unsqueeze(-2)).sum(-1)  # [n, P, k]: opponents beaten
+    return wins.sum(0).float() / (n * (k - 1))
+
+
+def best_worst(psi: torch.Tensor) -> list[tuple[int, int, float]]:
+    """Per prompt: (best index, worst index, label); equal ψ gives label 0.5."""
+    out = []
+    for row in psi:
+        order = torch.argsort(row, descending=True, stable=True).tolist()
+        i, j = order[0], order[-1]
+        out.append((i, j, 0.5 if row[i] == row[j] else 1.0))
+    return out
+
+
+def unifiedreward_sift(psi: torch.Tensor, pair_prob: torch.Tensor) -> list[tuple[int, int, float] | None]:
+    """Pair ranking + point sifting per prompt. ``pair_prob [P, k//2]`` = P(item 2j ≻ item 2j+1)."""
+    out: list[tuple[int, int, float] | None] = []
+    for row, probs in zip(psi, pair_prob):
+        chosen, rejected = [], []
+        for j, p in enumerate(probs.tolist()):
+            if p == 0.5:
+                continue  # a tie: neither chosen nor rejected
+            win, lose = (2 * j, 2 * j + 1) if p > 0.5 else (2 * j + 1, 2 * j)
+            chosen.append(win)
+            rejected.append(lose)
+        if not chosen:
+            out.append(None)
+            continue
+        best = max(chosen, key=lambda i: row[i].item())
+        worst = min(rejected, key=lambda i: row[i].item())
+        out.append((best, worst, 1.0) if row[best] > row[worst] else None)
+    return out
+
+
+def read_prompts(source: str | Path, n: int | None, seed: int, modality: str) -> list[str]:
+    """Prompts from a file (one per line) or ``synth:train`` / ``synth:heldout`` (synthetic-world grammar)."""
+    s = str(source)
+    if s.startswith("synth:"):
+        from mmalign.synth.prompts import sample_prompts
+
+        split = s.split(":", 1)[1] or "train"
+        return sample_prompts(modality, n or 64, seed=seed, split=split)
+    path = Path(s)
+    if not path.is_file():
+        raise InputError(f"--prompts {path}: no such file; give a text file with one prompt per line or 'synth:train'")
+    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise InputError(f"{path}: no prompts in the file")
+    return prompts[:n] if n else prompts
+
+
+def _write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def build_preferences(generator: Any, scorers: Sequence[Any], prompts: Sequence[str], out: str | Path, k: int = 4,
+                      seed: int = 0, mode: str = "best-worst", batch_size: int = 8, progress: bool = True,
+                      sample_kwargs: dict[str, Any] | None = None) -> BuildResult:
+    """Sample ``k`` per prompt with ``generator``, score with every scorer, write media + manifests to ``out``."""
+    if mode not in MODES:
+        raise InputError(f"mode must be one of {MODES}, got {mode!r}")
+    if k < 2 or (mode == "unifiedreward" and k % 2):
+        raise InputError(f"k = {k}: need k ≥ 2 (and even for mode=unifiedreward, which pairs items 2j, 2j+1)")
+    if not scorers:
+        raise InputError("give at least one scorer")
+    prompts = list(prompts)
+    out = Path(out)
+    media = generator.sample(prompts, n=k, seed=seed, batch_size=batch_size, progress=progress, **(sample_kwargs or {}))
+    flat_prompts = [p for p in prompts for _ in range(k)]
+    raw = torch.stack([s.score(media, flat_prompts).float().cpu().view(len(prompts), k) for s in scorers])
+    psi = win_rates(raw)
+    names = [f"{i:05d}_{j}" for i in range(len(prompts)) for j in range(k)]
+    paths = save_media(media, out / "media", names=names)
+    rel = [str(p.relative_to(out)) for p in paths]
+    scorer_names = [getattr(s, "name", type(s).__name__) for s in scorers]
+
+    rankings = [{"prompt": p, "items": rel[i * k : (i + 1) * k], "scores": psi[i].tolist(),
+                 "raw": {n: raw[v, i].tolist() for v, n in enumerate(scorer_names)}} for i, p in enumerate(prompts)]
+    if mode == "best-worst":
+        picks: list = best_worst(psi)
+    else:
+        a_idx = torch.arange(0, len(media), 2)
+        probs = torch.stack([s.compare(media[a_idx.tolist()], media[(a_idx + 1).tolist()],
+                                       [flat_prompts[i] for i in a_idx.tolist()]).float().cpu() for s in scorers]).mean(0)
+        picks = unifiedreward_sift(psi, probs.view(len(prompts), k // 2))
+    pairs = [{"prompt": p, "chosen": rel[i * k + pick[0]], "rejected": rel[i * k + pick[1]], "label": pick[2],
+              "scores": [psi[i, pick[0]].item(), psi[i, pick[1]].item()]}
+             for i, (p, pick) in enumerate(zip(prompts, picks)) if pick is not None]
+    out.mkdir(parents=True, exist_ok=True)
+    _write_jsonl(out / "rankings.jsonl", rankings)
+    _write_jsonl(out / "pairs.jsonl", pairs)
+    meta = {"generator": getattr(generator, "name", None) or type(generator).__name__, "scorers": scorer_names,
+            "k": k, "seed": seed, "mode": mode, "prompts": len(prompts), "pairs": len(pairs),
+            "ties": sum(1 for p in pairs if p["label"] == 0.5)}
+    tmp = out / f".meta.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    os.replace(tmp, out / "meta.json")
+    return BuildResult(out, out / "pairs.jsonl", out / "rankings.jsonl", len(prompts), len(pairs), meta["ties"])
+
+
+__all__ = ["build_preferences", "win_rates", "best_worst", "unifiedreward_sift", "read_prompts", "BuildResult", "MODES"]

@@ -1,0 +1,348 @@
+"""Preference data: pairs (prompt, chosen, rejected, label) and k-wise rankings (prompt, items, scores).
+
+Readers:
+
+* :func:`read_pickapic` — Pick-a-Pic-style parquet (``jpg_0, jpg_1, label_0, caption``; image bytes).
+  ``label_0`` ∈ {1, 0, 0.5}; the winner is put first; ties (0.5) are dropped (``ties="drop"``, the
+  official Diffusion-DPO ``train.py`` L855–863) or kept with label 0.5 (``ties="keep"``) — never
+  silently counted as a win of ``jpg_0`` as the diffusers loader does (``training.md`` §1.3, P6).
+* :func:`read_manifest` — a JSONL manifest of media files (image, video or audio; paths relative to
+  the manifest). One record per line, either a pair
+  ``{"prompt", "chosen", "rejected", "label"?}`` (label P(chosen ≻ rejected), default 1) or a ranking
+  ``{"prompt", "items": [...], "scores": [...]}`` (higher score = better, e.g. Syn-Pic win rates).
+* :func:`read_preferences` — either, by file suffix.
+
+A media reference is a path or encoded image bytes; :meth:`PairDataset.load` decodes it into a
+one-item media batch, resized and centre-cropped to ``resolution`` for images and videos.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from mmalign.errors import InputError
+from mmalign.media import ImageBatch, Media, VideoBatch
+
+MediaRef = str | bytes
+TIES = ("drop", "keep")
+IMAGE_EXT = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+VIDEO_EXT = {".mp4", ".webm", ".avi", ".mov", ".mkv", ".gif"}
+AUDIO_EXT = {".wav", ".flac", ".mp3", ".ogg"}
+PICKAPIC_COLUMNS = ("jpg_0", "jpg_1", "label_0", "caption")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One preference pair; ``label`` = P(chosen ≻ rejected): 1 = chosen wins, 0.5 = tie."""
+
+    prompt: str
+    chosen: MediaRef
+    rejected: MediaRef
+    label: float = 1.0
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """A prompt with k items and their graded scores (higher = better; e.g. win rates ψ in [0, 1])."""
+
+    prompt: str
+    items: tuple[MediaRef, ...]
+    scores: tuple[float, ...]
+
+
+def modality_of(ref: MediaRef) -> str:
+    """``"image" | "video" | "audio"`` of a media reference, from its file suffix (bytes are images)."""
+    if isinstance(ref, bytes):
+        return "image"
+    ext = Path(ref).suffix.lower()
+    for modality, exts in (("image", IMAGE_EXT), ("video", VIDEO_EXT), ("audio", AUDIO_EXT)):
+        if ext in exts:
+            return modality
+    raise InputError(f"{ref}: unknown media suffix {ext!r}; use one of {sorted(IMAGE_EXT | VIDEO_EXT | AUDIO_EXT)}")
+
+
+def decode_image_bytes(data: bytes, where: str = "image bytes") -> ImageBatch:
+    """Decode encoded image bytes (PNG, JPEG, ...) into a one-item :class:`ImageBatch` in [0, 1]."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(data)).convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise InputError(f"{where}: cannot decode image ({e}); the row's bytes are corrupt or not an image") from e
+    pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).reshape(img.height, img.width, 3)
+    return ImageBatch(pixels.permute(2, 0, 1).unsqueeze(0).float() / 255.0)
+
+
+def fit_resolution(media: Media, resolution: int | None) -> Media:
+    """Resize the short side to ``resolution`` (bilinear, antialiased) and centre-crop a square.
+
+    The official Diffusion-DPO transform (``train.py`` L772–790) without random flips, so cached
+    latents stay valid. Audio and ``resolution=None`` pass through unchanged.
+    """
+    if resolution is None or media.modality == "audio":
+        return media
+    px = media.pixels
+    lead = px.shape[:-3]
+    flat = px.reshape(-1, *px.shape[-3:])
+    h, w = flat.shape[-2:]
+    if (h, w) != (resolution, resolution):
+        scale = resolution / min(h, w)
+        nh, nw = max(resolution, round(h * scale)), max(resolution, round(w * scale))
+        flat = F.interpolate(flat, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+        top, left = (nh - resolution) // 2, (nw - resolution) // 2
+        flat = flat[..., top : top + resolution, left : left + resolution].clamp(0, 1)
+    out = flat.reshape(*lead, *flat.shape[-3:])
+    if isinstance(media, VideoBatch):
+        return VideoBatch(out, fps=media.fps, prompts=media.prompts, metadata=media.metadata)
+    return ImageBatch(out, prompts=media.prompts, metadata=media.metadata)
+
+
+class _Dataset:
+    """Shared loading and fingerprinting of media references relative to ``root``."""
+
+    def __init__(self, root: Path | None, source: str, resolution: int | None) -> None:
+        self.root, self.source, self.resolution = root, source, resolution
+
+    def resolve(self, ref: MediaRef) -> MediaRef:
+        if isinstance(ref, bytes) or self.root is None or os.path.isabs(ref):
+            return ref
+        return str(self.root / ref)
+
+    def load(self, ref: MediaRef) -> Media:
+        """Decode one reference into a one-item media batch (fitted to ``resolution``)."""
+        ref = self.resolve(ref)
+        if isinstance(ref, bytes):
+            media = decode_image_bytes(ref, where=self.source)
+        else:
+            if not os.path.exists(ref):
+                raise InputError(f"{self.source}: media file {ref} does not exist; fix the manifest path")
+            from mmalign.media import load_media  # the foundation's decoders (Pillow, PyAV, soundfile)
+
+            media = load_media(ref)
+        return fit_resolution(media, self.resolution)
+
+    def ref_key(self, ref: MediaRef) -> str:
+        """A stable identity of a reference: a content hash for bytes, path + size + mtime for files."""
+        ref = self.resolve(ref)
+        if isinstance(ref, bytes):
+            return "sha1:" + hashlib.sha1(ref).hexdigest()
+        st = os.stat(ref)
+        return f"file:{os.path.abspath(ref)}:{st.st_size}:{st.st_mtime_ns}"
+
+    def _records(self) -> Iterable[tuple[str, Sequence[MediaRef], Sequence[float]]]:
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """sha256 over prompts, media identities, labels/scores and resolution: the cache key's data part."""
+        h = hashlib.sha256(f"{type(self).__name__}|{self.resolution}".encode())
+        for prompt, refs, scores in self._records():
+            h.update(json.dumps([prompt, [self.ref_key(r) for r in refs], list(scores)]).encode())
+        return h.hexdigest()
+
+    @property
+    def modality(self) -> str:
+        for _, refs, _ in self._records():
+            return modality_of(self.resolve(refs[0]))
+        raise InputError(f"{self.source}: the dataset is empty")
+
+
+class PairDataset(_Dataset):
+    """A list of :class:`Pair` (winner first) with media loading relative to ``root``."""
+
+    def __init__(self, pairs: Sequence[Pair], root: Path | None = None, source: str = "<memory>",
+                 resolution: int | None = None, dropped_ties: int = 0) -> None:
+        super().__init__(root, source, resolution)
+        self.pairs = list(pairs)
+        self.dropped_ties = dropped_ties
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> Pair:
+        return self.pairs[i]
+
+    def __iter__(self) -> Iterator[Pair]:
+        return iter(self.pairs)
+
+    def _records(self):
+        return ((p.prompt, (p.chosen, p.rejected), (p.label, 1.0 - p.label)) for p in self.pairs)
+
+    def as_rankings(self) -> "RankingDataset":
+        """Each pair as a k = 2 ranking with scores (label, 1 − label): a tie gives no ranked pair."""
+        rankings = [Ranking(p.prompt, (p.chosen, p.rejected), (p.label, 1.0 - p.label)) for p in self.pairs]
+        return RankingDataset(rankings, self.root, self.source, self.resolution)
+
+
+class RankingDataset(_Dataset):
+    """A list of :class:`Ranking` (all with the same k) with media loading relative to ``root``."""
+
+    def __init__(self, rankings: Sequence[Ranking], root: Path | None = None, source: str = "<memory>",
+                 resolution: int | None = None) -> None:
+        super().__init__(root, source, resolution)
+        self.rankings = list(rankings)
+        ks = {len(r.items) for r in self.rankings}
+        if len(ks) > 1:
+            raise InputError(f"{source}: rankings have different numbers of items {sorted(ks)}; use one k per file")
+        self.k = ks.pop() if ks else 0
+
+    def __len__(self) -> int:
+        return len(self.rankings)
+
+    def __getitem__(self, i: int) -> Ranking:
+        return self.rankings[i]
+
+    def __iter__(self) -> Iterator[Ranking]:
+        return iter(self.rankings)
+
+    def _records(self):
+        return ((r.prompt, r.items, r.scores) for r in self.rankings)
+
+    def to_pairs(self, mode: str = "best-worst", ties: str = "drop") -> PairDataset:
+        """Pairs from rankings: ``"best-worst"`` (one per ranking) or ``"all"`` (every ordered pair).
+
+        Equal scores make a tie (label 0.5), dropped or kept per ``ties``.
+        """
+        _check_ties(ties, self.source)
+        pairs: list[Pair] = []
+        dropped = 0
+        for r in self.rankings:
+            order = sorted(range(len(r.items)), key=lambda i: -r.scores[i])
+            if mode == "best-worst":
+                candidates = [(order[0], order[-1])]
+            elif mode == "all":
+                candidates = [(order[a], order[b]) for a in range(len(order)) for b in range(a + 1, len(order))]
+            else:
+                raise InputError(f"to_pairs: mode must be 'best-worst' or 'all', got {mode!r}")
+            for i, j in candidates:
+                tie = r.scores[i] == r.scores[j]
+                if tie and ties == "drop":
+                    dropped += 1
+                    continue
+                pairs.append(Pair(r.prompt, r.items[i], r.items[j], 0.5 if tie else 1.0))
+        return PairDataset(pairs, self.root, self.source, self.resolution, dropped_ties=dropped)
+
+
+def _check_ties(ties: str, where: str) -> None:
+    if ties not in TIES:
+        raise InputError(f"{where}: ties must be one of {TIES}, got {ties!r}")
+
+
+def _oriented(prompt: str, a: MediaRef, b: MediaRef, label: float, ties: str, where: str) -> Pair | None:
+    """Winner-first pair from (a, b, P(a ≻ b)); None for a dropped tie."""
+    if label == 1.0:
+        return Pair(prompt, a, b, 1.0)
+    if label == 0.0:
+        return Pair(prompt, b, a, 1.0)
+    if label == 0.5:
+        return None if ties == "drop" else Pair(prompt, a, b, 0.5)
+    raise InputError(f"{where}: label {label!r} is not one of 1, 0, 0.5 (1 = first wins, 0.5 = tie)")
+
+
+def read_pickapic(path: str | Path, ties: str = "drop", limit: int | None = None,
+                  resolution: int | None = None) -> PairDataset:
+    """Read Pick-a-Pic-style parquet (a file or a folder of ``*.parquet``) into a :class:`PairDataset`."""
+    import pyarrow.parquet as pq
+
+    _check_ties(ties, str(path))
+    path = Path(path)
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    if not files or not all(f.exists() for f in files):
+        raise InputError(f"{path}: no parquet file found; give a .parquet file or a folder of them")
+    pairs: list[Pair] = []
+    dropped = 0
+    for f in files:
+        table = pq.read_table(f)
+        missing = [c for c in PICKAPIC_COLUMNS if c not in table.column_names]
+        if missing:
+            raise InputError(f"{f}: missing columns {missing}; a Pick-a-Pic file has {list(PICKAPIC_COLUMNS)}")
+        cols = {c: table.column(c).to_pylist() for c in PICKAPIC_COLUMNS}
+        for i in range(table.num_rows):
+            where = f"{f} row {i}"
+            a, b = cols["jpg_0"][i], cols["jpg_1"][i]
+            if not isinstance(a, bytes) or not isinstance(b, bytes):
+                raise InputError(f"{where}: jpg_0/jpg_1 must hold image bytes")
+            pair = _oriented(str(cols["caption"][i] or ""), a, b, float(cols["label_0"][i]), ties, where)
+            if pair is None:
+                dropped += 1
+            else:
+                pairs.append(pair)
+            if limit is not None and len(pairs) >= limit:
+                break
+        if limit is not None and len(pairs) >= limit:
+            break
+    return PairDataset(pairs, None, str(path), resolution, dropped_ties=dropped)
+
+
+def read_manifest(path: str | Path, ties: str = "drop", limit: int | None = None,
+                  resolution: int | None = None) -> PairDataset | RankingDataset:
+    """Read a JSONL manifest of pairs or of rankings (not both) into a dataset; paths are relative to it."""
+    _check_ties(ties, str(path))
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: manifest not found; build one with `mmalign pairs` or write JSONL records")
+    pairs: list[Pair] = []
+    rankings: list[Ranking] = []
+    dropped = 0
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path} line {n}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{where}: not valid JSON ({e})") from e
+            if not isinstance(rec, dict) or "prompt" not in rec:
+                raise InputError(f"{where}: a record needs 'prompt' plus 'chosen'/'rejected' or 'items'/'scores'")
+            if "items" in rec:
+                items, scores = rec.get("items"), rec.get("scores")
+                if not isinstance(items, list) or not isinstance(scores, list) or len(items) != len(scores) or len(items) < 2:
+                    raise InputError(f"{where}: 'items' and 'scores' must be lists of the same length ≥ 2")
+                rankings.append(Ranking(str(rec["prompt"]), tuple(items), tuple(float(s) for s in scores)))
+            elif "chosen" in rec and "rejected" in rec:
+                pair = _oriented(str(rec["prompt"]), rec["chosen"], rec["rejected"], float(rec.get("label", 1.0)), ties, where)
+                if pair is None:
+                    dropped += 1
+                else:
+                    pairs.append(pair)
+            else:
+                raise InputError(f"{where}: expected keys 'chosen' and 'rejected' (a pair) or 'items' and 'scores' (a ranking)")
+            if pairs and rankings:
+                raise InputError(f"{where}: the manifest mixes pairs and rankings; write them to separate files")
+            if limit is not None and len(pairs) + len(rankings) >= limit:
+                break
+    if not pairs and not rankings:
+        raise InputError(f"{path}: the manifest holds no usable record (dropped ties: {dropped})")
+    if rankings:
+        return RankingDataset(rankings, path.parent, str(path), resolution)
+    return PairDataset(pairs, path.parent, str(path), resolution, dropped_ties=dropped)
+
+
+def read_preferences(path: str | Path, format: str = "auto", ties: str = "drop", limit: int | None = None,
+                     resolution: int | None = None) -> PairDataset | RankingDataset:
+    """Read preference data: ``format`` ``"pickapic"`` (parquet), ``"manifest"`` (JSONL) or ``"auto"`` (by suffix)."""
+    p = Path(path)
+    if format == "auto":
+        format = "pickapic" if p.suffix == ".parquet" or (p.is_dir() and any(p.glob("*.parquet"))) else "manifest"
+        if p.is_dir() and format == "manifest":
+            p = p / "pairs.jsonl" if (p / "pairs.jsonl").exists() else p / "rankings.jsonl"
+    if format == "pickapic":
+        return read_pickapic(p, ties, limit, resolution)
+    if format == "manifest":
+        return read_manifest(p, ties, limit, resolution)
+    raise InputError(f"{path}: unknown data format {format!r}; use 'auto', 'pickapic' or 'manifest'")
+
+
+__all__ = [
+    "Pair", "Ranking", "PairDataset", "RankingDataset", "MediaRef", "read_pickapic", "read_manifest",
+    "read_preferences", "decode_image_bytes", "fit_resolution", "modality_of",
+]
