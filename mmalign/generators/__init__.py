@@ -1,0 +1,178 @@
+"""Generators: one sampling interface over image, video and audio models.
+
+``load_generator(name)`` accepts a preset (``synth-sdxl``, ``synth-video``, ``synth-audio``), a local
+folder saved with ``save_pretrained`` or a Hugging Face hub id, and returns a
+:class:`~mmalign.generators.base.Generator` of the right family.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmalign.errors import ConfigError, InputError
+from mmalign.generators._common import DiffusersGenerator, read_defaults, resolve_device, resolve_dtype
+from mmalign.generators.animatediff import AnimateDiffGenerator
+from mmalign.generators.attention import set_attention_backend, transformers_attention
+from mmalign.generators.base import DiffusionAdapter, Generator
+from mmalign.generators.musicgen import MusicGenGenerator
+from mmalign.generators.sd import SDGenerator
+from mmalign.generators.sd3 import SD3Generator
+from mmalign.generators.sdxl import SDXLGenerator
+from mmalign.generators.stable_audio import StableAudioGenerator
+from mmalign.generators.wan import WanGenerator
+from mmalign.paths import asset_path
+
+#: family name -> Generator class
+FAMILIES: dict[str, type[Generator]] = {
+    "sd": SDGenerator,
+    "sdxl": SDXLGenerator,
+    "sd3": SD3Generator,
+    "animatediff": AnimateDiffGenerator,
+    "wan": WanGenerator,
+    "stable_audio": StableAudioGenerator,
+    "musicgen": MusicGenGenerator,
+}
+
+#: preset name -> folder under assets/models/ (trained by ``python -m mmalign.synth.train --model NAME``)
+PRESETS: dict[str, str] = {"synth-sdxl": "synth-sdxl", "synth-video": "synth-video", "synth-audio": "synth-audio"}
+
+#: diffusers pipeline ``_class_name`` / transformers ``model_type`` -> family
+CLASS_TO_FAMILY: dict[str, str] = {
+    "StableDiffusionPipeline": "sd",
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusion3Pipeline": "sd3",
+    "AnimateDiffPipeline": "animatediff",
+    "WanPipeline": "wan",
+    "StableAudioPipeline": "stable_audio",
+    "musicgen": "musicgen",
+}
+
+
+def list_generators() -> dict[str, list[str]]:
+    """Known families and presets."""
+    return {"families": sorted(FAMILIES), "presets": sorted(PRESETS)}
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def detect_family(folder: Path) -> str:
+    """Family of a saved model folder, from ``model_index.json`` (diffusers) or ``config.json`` (transformers)."""
+    index, config = folder / "model_index.json", folder / "config.json"
+    if index.is_file():
+        key = json.loads(index.read_text()).get("_class_name", "")
+        where = f"{index} _class_name"
+    elif config.is_file():
+        key = json.loads(config.read_text()).get("model_type", "")
+        where = f"{config} model_type"
+    else:
+        raise InputError(f"{folder} has neither model_index.json (diffusers pipeline) nor config.json "
+                         "(transformers model); point --generator at a folder saved with save_pretrained")
+    if key not in CLASS_TO_FAMILY:
+        raise ConfigError(f"{where} = {key!r} is not a supported generator; supported: {sorted(CLASS_TO_FAMILY)} "
+                          f"(or pass family= one of {sorted(FAMILIES)})")
+    return CLASS_TO_FAMILY[key]
+
+
+def _absent_components(folder: Path) -> dict[str, None]:
+    """Components saved as ``[null, null]`` (e.g. SD3 without T5), passed as None so diffusers accepts them."""
+    index = json.loads((folder / "model_index.json").read_text())
+    return {k: None for k, v in index.items() if isinstance(v, list) and v == [None, None]}
+
+
+def _check_family(family: str) -> type[Generator]:
+    if family not in FAMILIES:
+        raise ConfigError(f"unknown generator family {family!r}; choose one of {sorted(FAMILIES)}")
+    return FAMILIES[family]
+
+
+def _hub_error(name: str, err: Exception) -> InputError:
+    return InputError(
+        f"could not load generator {name!r} from the Hugging Face hub ({type(err).__name__}: {err}). "
+        "Without network access (or with HF_HUB_OFFLINE=1) point at a local folder instead: "
+        "`--generator /path/to/folder` or load_generator('/path/to/folder', local_files_only=True), "
+        "with the model downloaded there beforehand (e.g. `huggingface-cli download ID --local-dir FOLDER`)."
+    )
+
+
+def load_generator(id_or_path_or_preset: str | os.PathLike, family: str | None = None, device: str = "auto",
+                   dtype: str | torch.dtype | None = None, local_files_only: bool | None = None,
+                   attention: str = "sdpa") -> Generator:
+    """Load a generator from a preset, a local ``save_pretrained`` folder or a hub id.
+
+    A hub id is passed to diffusers' (or transformers') ``from_pretrained`` unchanged. ``family`` is
+    detected from the folder's ``model_index.json`` (or the loaded pipeline's class) when not given.
+    """
+    name = str(id_or_path_or_preset)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if name in PRESETS:
+        folder = asset_path("models", PRESETS[name])
+        if not (folder / "model_index.json").is_file():
+            raise InputError(f"preset {name!r} is not built: {folder} is missing. Train it with "
+                             f"`python -m mmalign.synth.train --model {name}`")
+        source: str = str(folder)
+    else:
+        source = name
+    local = Path(source).is_dir()
+    if local:
+        family = family or detect_family(Path(source))
+        local_files_only = True if local_files_only is None else local_files_only
+    else:
+        local_files_only = _offline() if local_files_only is None else local_files_only
+    defaults = read_defaults(source) if local else {}
+    defaults.pop("family", None)
+
+    if family == "musicgen":
+        return _load_musicgen(source, dev, dt, local_files_only, attention, defaults)
+    cls = _check_family(family) if family else None
+    try:
+        import diffusers
+
+        loader = cls.pipeline_class if cls is not None else diffusers.DiffusionPipeline
+        pipe = loader.from_pretrained(source, local_files_only=local_files_only, torch_dtype=dt,
+                                      **(_absent_components(Path(source)) if local else {}))
+    except (OSError, ValueError) as e:
+        if local:
+            raise InputError(f"could not load the pipeline in {source}: {e}") from e
+        raise _hub_error(source, e) from e
+    if cls is None:
+        family = CLASS_TO_FAMILY.get(type(pipe).__name__)
+        if family is None:
+            raise ConfigError(f"{source} is a {type(pipe).__name__}, not a supported generator; "
+                              f"supported pipelines: {sorted(k for k in CLASS_TO_FAMILY if k != 'musicgen')}")
+        cls = FAMILIES[family]
+    pipe = pipe.to(dev, dt)
+    gen = cls(pipe, dev, defaults)
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    set_attention_backend(denoiser, attention)
+    return gen
+
+
+def _load_musicgen(source: str, dev: torch.device, dt: torch.dtype, local_files_only: bool, attention: str,
+                   defaults: dict[str, Any]) -> MusicGenGenerator:
+    from transformers import AutoTokenizer, MusicgenForConditionalGeneration
+
+    try:
+        impl = transformers_attention(attention)
+        extra = {} if impl == "sdpa" else {"attn_implementation": impl}  # EnCodec has no SDPA path: default picks per part
+        model = MusicgenForConditionalGeneration.from_pretrained(source, local_files_only=local_files_only, dtype=dt,
+                                                                 **extra)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
+    except (OSError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        if Path(source).is_dir():
+            raise InputError(f"could not load MusicGen from {source}: {e}") from e
+        raise _hub_error(source, e) from e
+    return MusicGenGenerator(model.to(dev), tokenizer, dev, defaults)
+
+
+__all__ = ["load_generator", "list_generators", "detect_family", "FAMILIES", "PRESETS", "Generator",
+           "DiffusionAdapter", "DiffusersGenerator", "set_attention_backend"]

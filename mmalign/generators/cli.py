@@ -1,0 +1,78 @@
+"""``mmalign sample``: draw samples from a generator into a folder with a ``manifest.jsonl``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mmalign.errors import InputError
+from mmalign.media import ImageBatch, Media, VideoBatch, image_grid, save_media, video_contact_sheet
+
+
+def _read_prompts(prompts: list[str] | None, prompts_file: Path | None) -> list[str]:
+    out = list(prompts or [])
+    if prompts_file is not None:
+        if not prompts_file.is_file():
+            raise InputError(f"--prompts-file {prompts_file} does not exist")
+        out += [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()]
+    if not out:
+        raise InputError("no prompts: pass --prompts TEXT (repeatable) or --prompts-file FILE (one per line)")
+    return out
+
+
+def write_grid(media: Media, path: Path, columns: int) -> bool:
+    """Contact sheet: an image grid (``columns`` per row) or every frame of each video in a row."""
+    if isinstance(media, ImageBatch):
+        sheet = image_grid(media, nrow=columns)
+    elif isinstance(media, VideoBatch):
+        sheet = video_contact_sheet(media, frames=media.pixels.shape[1])
+    else:
+        return False
+    tmp = path.with_name(f".{path.name}.tmp")
+    sheet.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return True
+
+
+def sample_command(
+    generator: str = typer.Option(..., "--generator", help="preset (synth-sdxl, synth-video, synth-audio), folder or hub id"),
+    prompts: Optional[list[str]] = typer.Option(None, "--prompts", help="a prompt (repeatable)"),
+    prompts_file: Optional[Path] = typer.Option(None, "--prompts-file", help="text file, one prompt per line"),
+    n: int = typer.Option(4, "--n", help="samples per prompt"),
+    seed: int = typer.Option(0, "--seed"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="denoising steps (default: the model's)"),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="classifier-free guidance scale"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    out: Path = typer.Option(..., "--out", help="output folder"),
+    grid: bool = typer.Option(False, "--grid", help="also write grid.png (images) / a frames contact sheet (video)"),
+    device: str = typer.Option("auto", "--device"),
+    attention: str = typer.Option("sdpa", "--attention", help="sdpa | math | xformers | flash"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> None:
+    """Sample N media per prompt with a fixed seed; writes media files and manifest.jsonl to OUT."""
+    from mmalign.generators import load_generator
+
+    texts = _read_prompts(prompts, prompts_file)
+    gen = load_generator(generator, device=device, attention=attention)
+    media = gen.sample(texts, n=n, seed=seed, steps=steps, guidance=guidance, batch_size=batch_size, progress=not quiet)
+    paths = save_media(media, out, names=[f"{i:05d}" for i in range(len(media))])
+    lines = []
+    for i, path in enumerate(paths):
+        meta = media.metadata[i] if media.metadata else {}
+        lines.append(json.dumps({"file": Path(path).name, "prompt": media.prompts[i], "seed": seed,
+                                 "item_seed": meta.get("seed"), "index": meta.get("index", i),
+                                 "prompt_index": meta.get("prompt_index")}))
+    tmp = out / ".manifest.jsonl.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, out / "manifest.jsonl")
+    if grid and not write_grid(media, out / "grid.png", columns=n):
+        typer.echo("--grid: no contact sheet for audio", err=True)
+    typer.echo(f"wrote {len(media)} {media.modality} samples to {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sample")(sample_command)

@@ -1,0 +1,80 @@
+"""SDXL (``StableDiffusionXLPipeline``; Podell et al. 2023, §2.2 micro-conditioning).
+
+Conditioning (reference/training.md §1.5, parity check P8): both CLIP encoders' penultimate hidden
+states concatenated on the last axis (768 + 1280 = 2048 for the real model), the pooled embedding of
+the second encoder, and ``add_time_ids = [orig_h, orig_w, crop_top, crop_left, target_h, target_w]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from diffusers import StableDiffusionXLPipeline
+
+from mmalign.errors import InputError
+from mmalign.generators._common import DDPMAdapter, DiffusersGenerator, cond_batch
+from mmalign.generators.base import Cond
+from mmalign.media import ImageBatch, Media
+
+Size = tuple[int, int]
+
+
+def add_time_ids(original_sizes: Sequence[Size], crops_top_left: Sequence[Size], target_size: Size) -> torch.Tensor:
+    """``[B, 6]`` micro-conditioning: original (h, w) + crop top-left (top, left) + target (h, w)."""
+    if len(original_sizes) != len(crops_top_left):
+        raise InputError(f"{len(original_sizes)} original sizes for {len(crops_top_left)} crops; give one of each per item")
+    rows = [[*map(float, o), *map(float, c), *map(float, target_size)] for o, c in zip(original_sizes, crops_top_left)]
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+class SDXLGenerator(DiffusersGenerator):
+    family = "sdxl"
+    modality = "image"
+    pipeline_class = StableDiffusionXLPipeline
+    defaults = {"steps": 30, "guidance": 5.0}
+    call_defaults = ("height", "width")
+
+    @property
+    def native_size(self) -> Size:
+        s = self.pipe.default_sample_size * self.pipe.vae_scale_factor
+        return (int(s), int(s))
+
+    def _generate(self, prompts: list[str], generators: list[torch.Generator], steps: int, guidance: float,
+                  **kwargs: Any) -> torch.Tensor:
+        return self.pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators,
+                         output_type="pt", **kwargs).images
+
+    def trainable(self) -> "SDXLAdapter":
+        return SDXLAdapter(self)
+
+
+class SDXLAdapter(DDPMAdapter):
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return self.pipe.unet
+
+    def encode_prompts(self, prompts: Sequence[str], original_sizes: Sequence[Size] | None = None,
+                       crops_top_left: Sequence[Size] | None = None, target_size: Size | None = None) -> Cond:
+        """Prompt embeddings, pooled embeddings and ``add_time_ids``.
+
+        ``original_sizes`` are the (h, w) of each training image before resizing and ``crops_top_left``
+        its crop offset (diffusers SDXL DPO script L974–985); both default to the target size and (0, 0).
+        """
+        prompts = list(prompts)
+        target = tuple(target_size or self.gen.native_size)
+        embeds, _, pooled, _ = self.pipe.encode_prompt(prompt=prompts, device=self.device, num_images_per_prompt=1,
+                                                       do_classifier_free_guidance=False)
+        time_ids = add_time_ids(original_sizes or [target] * len(prompts), crops_top_left or [(0, 0)] * len(prompts), target)
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "add_time_ids": time_ids.to(self.device)}
+
+    def encode_media(self, media: Media) -> torch.Tensor:
+        if not isinstance(media, ImageBatch):
+            raise InputError(f"sdxl encodes images, got {type(media).__name__}")
+        return self._encode_frames(media.pixels)
+
+    def predict(self, noisy: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+        c = cond_batch(cond, noisy.device, self.dtype)
+        added = {"text_embeds": c["pooled_prompt_embeds"], "time_ids": c["add_time_ids"]}
+        return self.denoiser(noisy.to(self.dtype), t.to(noisy.device), encoder_hidden_states=c["prompt_embeds"],
+                             added_cond_kwargs=added).sample
