@@ -14,11 +14,11 @@ from mmalign.media import AudioBatch, ImageBatch, VideoBatch
 
 torch.set_num_threads(1)
 
-FAMILIES = ["sd", "sdxl", "sd3", "animatediff", "wan", "stable_audio", "musicgen"]
+FAMILIES = ["sd", "sdxl", "sd3", "animatediff", "animatediff_sdxl", "wan", "stable_audio", "musicgen"]
 DIFFUSION = [f for f in FAMILIES if f != "musicgen"]
 EXPECTED = {  # media type, data shape for 2 prompts x n=2
     "sd": (ImageBatch, (4, 3, 32, 32)), "sdxl": (ImageBatch, (4, 3, 32, 32)), "sd3": (ImageBatch, (4, 3, 32, 32)),
-    "animatediff": (VideoBatch, (4, 4, 3, 32, 32)), "wan": (VideoBatch, (4, 5, 3, 32, 32)),
+    "animatediff": (VideoBatch, (4, 4, 3, 32, 32)), "animatediff_sdxl": (VideoBatch, (4, 4, 3, 32, 32)), "wan": (VideoBatch, (4, 5, 3, 32, 32)),
     "stable_audio": (AudioBatch, (4, 1, 512)), "musicgen": (AudioBatch, (4, 1, 208))  # steps = 16 token frames, less the delay pattern,
 }
 PROMPTS = ["a red circle", "two blue squares"]

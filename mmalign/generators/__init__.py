@@ -16,27 +16,31 @@ import torch
 
 from mmalign.errors import ConfigError, InputError
 from mmalign.generators._common import DiffusersGenerator, read_defaults, resolve_device, resolve_dtype
-from mmalign.generators.animatediff import AnimateDiffGenerator
-from mmalign.generators.attention import set_attention_backend, transformers_attention
 from mmalign.generators.base import DiffusionAdapter, Generator
-from mmalign.generators.musicgen import MusicGenGenerator
-from mmalign.generators.sd import SDGenerator
-from mmalign.generators.sd3 import SD3Generator
-from mmalign.generators.sdxl import SDXLGenerator
-from mmalign.generators.stable_audio import StableAudioGenerator
-from mmalign.generators.wan import WanGenerator
 from mmalign.paths import asset_path
 
-#: family name -> Generator class
-FAMILIES: dict[str, type[Generator]] = {
-    "sd": SDGenerator,
-    "sdxl": SDXLGenerator,
-    "sd3": SD3Generator,
-    "animatediff": AnimateDiffGenerator,
-    "wan": WanGenerator,
-    "stable_audio": StableAudioGenerator,
-    "musicgen": MusicGenGenerator,
+#: family name -> "module:Generator class"; imported on first use, so `import mmalign.generators`
+#: (and the CLI) does not pay for diffusers' pipelines until a model is loaded
+FAMILIES: dict[str, str] = {
+    "sd": "sd:SDGenerator",
+    "sdxl": "sdxl:SDXLGenerator",
+    "sd3": "sd3:SD3Generator",
+    "animatediff": "animatediff:AnimateDiffGenerator",
+    "animatediff_sdxl": "animatediff_sdxl:AnimateDiffSDXLGenerator",
+    "wan": "wan:WanGenerator",
+    "stable_audio": "stable_audio:StableAudioGenerator",
+    "musicgen": "musicgen:MusicGenGenerator",
 }
+
+
+def family_class(family: str) -> type[Generator]:
+    """The Generator class of ``family`` (imports its module)."""
+    import importlib
+
+    if family not in FAMILIES:
+        raise ConfigError(f"unknown generator family {family!r}; choose one of {sorted(FAMILIES)}")
+    module, name = FAMILIES[family].split(":")
+    return getattr(importlib.import_module(f"mmalign.generators.{module}"), name)
 
 #: preset name -> folder under assets/models/ (trained by ``python -m mmalign.synth.train --model NAME``)
 PRESETS: dict[str, str] = {"synth-sdxl": "synth-sdxl", "synth-video": "synth-video", "synth-audio": "synth-audio"}
@@ -47,6 +51,7 @@ CLASS_TO_FAMILY: dict[str, str] = {
     "StableDiffusionXLPipeline": "sdxl",
     "StableDiffusion3Pipeline": "sd3",
     "AnimateDiffPipeline": "animatediff",
+    "AnimateDiffSDXLPipeline": "animatediff_sdxl",
     "WanPipeline": "wan",
     "StableAudioPipeline": "stable_audio",
     "musicgen": "musicgen",
@@ -84,12 +89,6 @@ def _absent_components(folder: Path) -> dict[str, None]:
     """Components saved as ``[null, null]`` (e.g. SD3 without T5), passed as None so diffusers accepts them."""
     index = json.loads((folder / "model_index.json").read_text())
     return {k: None for k, v in index.items() if isinstance(v, list) and v == [None, None]}
-
-
-def _check_family(family: str) -> type[Generator]:
-    if family not in FAMILIES:
-        raise ConfigError(f"unknown generator family {family!r}; choose one of {sorted(FAMILIES)}")
-    return FAMILIES[family]
 
 
 def _hub_error(name: str, err: Exception) -> InputError:
@@ -131,7 +130,7 @@ def load_generator(id_or_path_or_preset: str | os.PathLike, family: str | None =
 
     if family == "musicgen":
         return _load_musicgen(source, dev, dt, local_files_only, attention, defaults)
-    cls = _check_family(family) if family else None
+    cls = family_class(family) if family else None
     try:
         import diffusers
 
@@ -147,17 +146,22 @@ def load_generator(id_or_path_or_preset: str | os.PathLike, family: str | None =
         if family is None:
             raise ConfigError(f"{source} is a {type(pipe).__name__}, not a supported generator; "
                               f"supported pipelines: {sorted(k for k in CLASS_TO_FAMILY if k != 'musicgen')}")
-        cls = FAMILIES[family]
+        cls = family_class(family)
     pipe = pipe.to(dev, dt)
     gen = cls(pipe, dev, defaults)
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    from mmalign.generators.attention import set_attention_backend
+
     set_attention_backend(denoiser, attention)
     return gen
 
 
 def _load_musicgen(source: str, dev: torch.device, dt: torch.dtype, local_files_only: bool, attention: str,
-                   defaults: dict[str, Any]) -> MusicGenGenerator:
+                   defaults: dict[str, Any]) -> Generator:
     from transformers import AutoTokenizer, MusicgenForConditionalGeneration
+
+    from mmalign.generators.attention import transformers_attention
+    from mmalign.generators.musicgen import MusicGenGenerator
 
     try:
         impl = transformers_attention(attention)
@@ -175,4 +179,4 @@ def _load_musicgen(source: str, dev: torch.device, dt: torch.dtype, local_files_
 
 
 __all__ = ["load_generator", "list_generators", "detect_family", "FAMILIES", "PRESETS", "Generator",
-           "DiffusionAdapter", "DiffusersGenerator", "set_attention_backend"]
+           "DiffusionAdapter", "DiffusersGenerator", "family_class"]

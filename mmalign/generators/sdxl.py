@@ -63,7 +63,8 @@ class SDXLAdapter(DDPMAdapter):
         """
         prompts = list(prompts)
         target = tuple(target_size or self.gen.native_size)
-        embeds, _, pooled, _ = self.pipe.encode_prompt(prompt=prompts, device=self.device, num_images_per_prompt=1,
+        # one embedding per prompt is the default of both SDXL and AnimateDiff-SDXL pipelines
+        embeds, _, pooled, _ = self.pipe.encode_prompt(prompt=prompts, device=self.device,
                                                        do_classifier_free_guidance=False)
         time_ids = add_time_ids(original_sizes or [target] * len(prompts), crops_top_left or [(0, 0)] * len(prompts), target)
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "add_time_ids": time_ids.to(self.device)}

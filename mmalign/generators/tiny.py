@@ -24,6 +24,7 @@ TINY_DEFAULTS: dict[str, dict[str, Any]] = {
     "sdxl": {"steps": 2, "guidance": 3.0},
     "sd3": {"steps": 2, "guidance": 3.0, "max_sequence_length": 16},
     "animatediff": {"steps": 2, "guidance": 3.0, "num_frames": 4, "fps": 8.0},
+    "animatediff_sdxl": {"steps": 2, "guidance": 3.0, "num_frames": 4, "fps": 8.0},
     "wan": {"steps": 2, "guidance": 3.0, "num_frames": 5, "fps": 8.0, "height": 32, "width": 32,
             "max_sequence_length": 16},
     "stable_audio": {"steps": 2, "guidance": 3.0},
@@ -142,6 +143,18 @@ def _animatediff():
                                motion_adapter=adapter, scheduler=ddpm_like(), feature_extractor=None, image_encoder=None)
 
 
+def _animatediff_sdxl():
+    from diffusers import AnimateDiffSDXLPipeline, MotionAdapter, UNetMotionModel
+
+    sdxl = _sdxl()
+    adapter = MotionAdapter(block_out_channels=(16, 32), motion_layers_per_block=1, motion_norm_num_groups=8,
+                            motion_num_attention_heads=2, motion_max_seq_length=32)
+    return AnimateDiffSDXLPipeline(vae=sdxl.vae, text_encoder=sdxl.text_encoder, text_encoder_2=sdxl.text_encoder_2,
+                                   tokenizer=sdxl.tokenizer, tokenizer_2=sdxl.tokenizer_2,
+                                   unet=UNetMotionModel.from_unet2d(sdxl.unet, adapter), motion_adapter=adapter,
+                                   scheduler=sdxl.scheduler)
+
+
 def _wan():
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
 
@@ -202,7 +215,7 @@ def _musicgen():
 
 
 BUILDERS: dict[str, Callable[..., Any]] = {
-    "sd": _sd, "sdxl": _sdxl, "sd3": _sd3, "animatediff": _animatediff, "wan": _wan,
+    "sd": _sd, "sdxl": _sdxl, "sd3": _sd3, "animatediff": _animatediff, "animatediff_sdxl": _animatediff_sdxl, "wan": _wan,
     "stable_audio": _stable_audio, "musicgen": _musicgen,
 }
 
