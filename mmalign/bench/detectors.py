@@ -1,0 +1,118 @@
+"""Pluggable detectors for the semantic dimensions, and the synthetic world's exact one.
+
+VBench answers object_class, multiple_objects, color and spatial_relationship with GRiT (ObjectDet
+and DenseCap tasks) and scene with Tag2Text captions (reference/benchmarks.md §1.6.8–§1.6.12). A
+:class:`Detector` here returns, per frame, a list of :class:`Detection` (class name, box, optional
+dense caption) and optionally a caption of the frame; the dimensions apply VBench's formulas to them.
+
+* :class:`SynthOracleDetector` — the exact oracle of :mod:`mmalign.synth.oracle` (palette
+  segmentation, connected components, shape from fill ratio) per frame: label = shape word, dense
+  caption = "a {color} {shape}", caption = the frame's objects. It needs no weights and runs on CPU.
+* GRiT / Tag2Text are not bundled: register your own with :func:`register_detector`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from mmalign.bench.backbones import (
+    Backbone,
+    BackboneMissing,
+    LoadContext,
+    register_backbone,
+)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected instance: class name, box (x0, y0, x1, y1) in pixels, score, dense caption."""
+
+    label: str
+    box: tuple[float, float, float, float]
+    score: float = 1.0
+    caption: str = ""
+
+
+class Detector(Protocol):
+    """What semantic dimensions consume: per-frame detections and captions of uint8 frames ``[N,3,H,W]``."""
+
+    name: str
+    note: str
+
+    def detect(self, frames: torch.Tensor) -> list[list[Detection]]: ...
+
+    def caption(self, frames: torch.Tensor) -> list[str]: ...
+
+
+@dataclass
+class DetectorBackbone(Backbone):
+    """A detector wrapped as a backbone so the runner loads it once and shares its outputs."""
+
+    detector: Detector | None = None
+
+    def __post_init__(self) -> None:
+        self.kind = "detector"
+
+
+class SynthOracleDetector:
+    """Detections of the synthetic world from its exact oracle (``mmalign.synth.oracle.find_blobs``)."""
+
+    name = "synth-oracle"
+    note = "exact oracle of the synthetic world (palette segmentation), not GRiT/Tag2Text"
+
+    def detect(self, frames: torch.Tensor) -> list[list[Detection]]:
+        from mmalign.synth.oracle import find_blobs
+
+        out = []
+        for f in frames:
+            img = f.float().numpy() / 255.0  # [3, H, W] in [0, 1]
+            dets = []
+            for b in find_blobs(img):
+                r = math.sqrt(b.area) / 2  # half side of the equal-area box
+                box = (b.cx - r, b.cy - r, b.cx + r, b.cy + r)
+                dets.append(Detection(b.shape, box, 1.0, f"a {b.color} {b.shape}"))
+            out.append(dets)
+        return out
+
+    def caption(self, frames: torch.Tensor) -> list[str]:
+        return [" and ".join(d.caption for d in dets) for dets in self.detect(frames)]
+
+
+_DETECTORS: dict[str, Callable[[], Detector]] = {"synth-oracle": SynthOracleDetector}
+
+
+def register_detector(name: str, factory: Callable[[], Detector]) -> None:
+    """Make a detector available to suites as backbone ``name`` (e.g. a GRiT wrapper)."""
+    _DETECTORS[name] = factory
+    register_backbone(name)(lambda ctx: DetectorBackbone(name, detector=factory(), note=getattr(factory, "note", "")))
+
+
+register_backbone("synth-oracle")(lambda ctx: DetectorBackbone("synth-oracle", detector=SynthOracleDetector(), note=SynthOracleDetector.note))
+
+
+@register_backbone("grit")
+def _grit(ctx: LoadContext) -> Backbone:
+    raise BackboneMissing(
+        "GRiT (object_class, multiple_objects, color, spatial_relationship) needs detectron2 and is not bundled; "
+        "wrap it as a Detector and call mmalign.bench.detectors.register_detector('grit', factory)"
+    )
+
+
+@register_backbone("tag2text")
+def _tag2text(ctx: LoadContext) -> Backbone:
+    raise BackboneMissing("Tag2Text (scene) is not bundled; register a captioning Detector as 'tag2text'")
+
+
+@register_backbone("umt")
+def _umt(ctx: LoadContext) -> Backbone:
+    raise BackboneMissing("UMT ViT-L/16 (human_action) is not bundled; no Kinetics-400 classifier is available offline")
+
+
+@register_backbone("viclip")
+def _viclip(ctx: LoadContext) -> Backbone:
+    raise BackboneMissing("ViCLIP (temporal_style, overall_consistency) is not bundled; the suites fall back to CLIP")

@@ -1,0 +1,416 @@
+"""The benchmark runner: decode once, share backbone outputs, cache, resume, split over processes.
+
+For each media file of a suite the runner
+
+1. hashes the file (SHA-256) and decodes it once (PyAV through :func:`mmalign.media.load_video`);
+2. resamples frames per dimension (:class:`~mmalign.bench.dimensions.Sampling`);
+3. runs each backbone once per (video, frame set) — DINO, CLIP, flow, detector, … — batched over
+   frames, and shares the result with every dimension that declared the backbone's role;
+4. keeps those outputs in a per-video feature cache on disk (``cache/<sha>.pt``, keyed by file hash,
+   atomic writes), so a rerun with more dimensions reuses them;
+5. writes one per-video record (``records/<sha>.json``, atomic) — a killed run resumes by skipping
+   the videos whose record already holds every requested dimension.
+
+Unreadable files (corrupt, empty, zero frames) are reported in ``skipped`` and never reach an
+aggregate; with ``strict=True`` the first one raises. Work is split over processes with
+accelerate's ``PartialState.split_between_processes`` when launched with ``accelerate launch``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from mmalign.bench import synthworld  # noqa: F401  (registers the synth backbones)
+from mmalign.bench.backbones import (
+    Backbone,
+    BackboneMissing,
+    FeatureBackbone,
+    FlowBackbone,
+    InterpBackbone,
+    LoadContext,
+    ScoreBackbone,
+    default_weights_dir,
+    load_backbone,
+)
+from mmalign.bench.detectors import Detection, DetectorBackbone
+from mmalign.bench.dimensions import Dimension, Sampling, get_dimension
+from mmalign.bench.suites import Item, Suite
+from mmalign.errors import InputError, MMAlignError
+
+log = logging.getLogger(__name__)
+RECORD_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Write via a temp file in the same folder and ``os.replace`` it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1, default=_json_default)
+
+    atomic_write_bytes(path, write)
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON-serialisable: {type(x).__name__}")
+
+
+def decode(path: str, modality: str = "video") -> tuple[torch.Tensor, float]:
+    """Decode a file once: uint8 frames ``[T, 3, H, W]`` and fps (images: T = 1, fps = 0)."""
+    from mmalign.media import load_image, load_video
+
+    if modality == "image":
+        batch = load_image(path)
+        px, fps = batch.pixels[:, None], 0.0
+    else:
+        batch = load_video(path)
+        px, fps = batch.pixels, float(batch.fps)
+    frames = (px[0] * 255.0).round().clamp(0, 255).to(torch.uint8)  # exact inverse of the loader's /255
+    if frames.shape[0] == 0:
+        raise InputError(f"{path}: zero frames")
+    return frames, fps
+
+
+# ---------------------------------------------------------------------------------------------
+# backbones
+
+
+@dataclass
+class ResolvedBackbones:
+    """The backbone chosen for each role (first loadable preference), with notes and failures."""
+
+    chosen: dict[str, Backbone] = field(default_factory=dict)
+    info: dict[str, dict[str, Any]] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)
+
+
+def resolve_backbones(roles: Iterable[str], prefs: dict[str, list[str]], ctx: LoadContext,
+                      preloaded: dict[str, Backbone] | None = None) -> ResolvedBackbones:
+    """Load each role's first available backbone once; record fallbacks and why others were missing."""
+    out = ResolvedBackbones()
+    cache: dict[str, Backbone | BackboneMissing] = dict(preloaded or {})
+    for role in sorted(set(roles)):
+        names = prefs.get(role, [])
+        reasons = []
+        for rank, name in enumerate(names):
+            if name not in cache:
+                try:
+                    cache[name] = load_backbone(name, ctx)
+                except BackboneMissing as err:
+                    cache[name] = err
+            got = cache[name]
+            if isinstance(got, BackboneMissing):
+                reasons.append(f"{name}: {got}")
+                continue
+            out.chosen[role] = got
+            note = got.note
+            if rank > 0:
+                note = f"fallback for {names[0]}" + (f"; {note}" if note else "")
+            out.info[role] = {"name": got.name, "note": note, "fallback": rank > 0, "unavailable": reasons}
+            break
+        else:
+            out.missing[role] = "; ".join(reasons) if reasons else f"no backbone configured for role {role!r}"
+            out.info[role] = {"name": None, "note": "backbone missing", "fallback": False, "unavailable": reasons}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# per-video shared inputs
+
+
+class SharedInputs:
+    """:class:`~mmalign.bench.dimensions.VideoInputs` of one decoded video; every output computed once."""
+
+    def __init__(self, item: Item, frames: torch.Tensor, fps: float, backbones: ResolvedBackbones,
+                 cache: dict[str, Any], text_cache: dict[str, torch.Tensor], modality: str):
+        self.path, self.prompt, self.aux = item.path, item.prompt, {}
+        self._frames, self.fps = frames, fps
+        self.num_frames, _, self.height, self.width = frames.shape
+        self._bb, self._cache, self._text, self.modality = backbones, cache, text_cache, modality
+        self.dirty = False
+
+    def has(self, role: str) -> bool:
+        return role in self._bb.chosen
+
+    def _get(self, role: str) -> Backbone:
+        if role not in self._bb.chosen:
+            raise BackboneMissing(f"role {role!r}: {self._bb.missing.get(role, 'not loaded')}")
+        return self._bb.chosen[role]
+
+    def _memo(self, key: str, compute):
+        if key not in self._cache:
+            self._cache[key] = compute()
+            self.dirty = True
+        return self._cache[key]
+
+    def _idx(self, s: Sampling) -> list[int]:
+        return s.indices(self.num_frames, self.fps)
+
+    def frames(self, s: Sampling) -> torch.Tensor:
+        return self._frames if s.mode == "all" else self._frames[self._idx(s)]
+
+    def features(self, role: str, s: Sampling) -> torch.Tensor:
+        bb = self._get(role)
+        idx = self._idx(s)
+        if not isinstance(bb, (FeatureBackbone, ScoreBackbone)):
+            raise InputError(f"backbone {bb.name!r} for role {role!r} gives no features")
+        # features are computed once per distinct frame of the video and indexed per sampling
+        uniq = sorted(set(idx))
+        key = f"feat:{bb.name}:" + ",".join(map(str, uniq))
+        full_key = f"feat:{bb.name}:all"
+        if full_key in self._cache:
+            return self._cache[full_key][idx]
+        if s.mode == "all":
+            return self._memo(full_key, lambda: bb.features(self._frames))
+        feats = self._memo(key, lambda: bb.features(self._frames[uniq]))
+        pos = {f: i for i, f in enumerate(uniq)}
+        return feats[[pos[i] for i in idx]]
+
+    def text_features(self, role: str, texts: list[str]) -> torch.Tensor:
+        bb = self._get(role)
+        out = []
+        for t in texts:
+            k = f"{bb.name}\0{t}"
+            if k not in self._text:
+                self._text[k] = bb.encode_text([t])[0]
+            out.append(self._text[k])
+        return torch.stack(out)
+
+    def flow(self, role: str, s: Sampling, wrap: bool = False) -> torch.Tensor:
+        bb = self._get(role)
+        assert isinstance(bb, FlowBackbone)
+        idx = self._idx(s)
+        key = f"flow:{bb.name}:" + ",".join(map(str, idx))
+        mags = self._memo(key, lambda: bb.magnitudes(self._frames[idx[:-1]], self._frames[idx[1:]]).half())
+        if not wrap:
+            return mags.float()
+        first, last = idx[0], idx[-1]
+        wkey = f"flowwrap:{bb.name}:{first},{last}"
+        wr = self._memo(wkey, lambda: bb.magnitudes(self._frames[[first, last]], self._frames[[last, first]]).half())
+        return torch.cat([mags, wr]).float()
+
+    def midpoints(self, role: str) -> torch.Tensor:
+        bb = self._get(role)
+        assert isinstance(bb, InterpBackbone)
+        even = self._frames[0::2]
+        return self._memo(f"interp:{bb.name}", lambda: bb.midpoints(even[:-1], even[1:]))
+
+    def detections(self, role: str, s: Sampling) -> list[list[Detection]]:
+        bb = self._get(role)
+        assert isinstance(bb, DetectorBackbone)
+        idx = self._idx(s)
+        uniq = sorted(set(idx))  # 'middle' sampling pads short videos by repeating the last index
+        key = f"det:{bb.name}:" + ",".join(map(str, uniq))
+        raw = self._memo(key, lambda: [[(d.label, list(d.box), d.score, d.caption) for d in dets]
+                                       for dets in bb.detector.detect(self._frames[uniq])])
+        pos = {f: i for i, f in enumerate(uniq)}
+        return [[Detection(lab, tuple(box), sc, cap) for lab, box, sc, cap in raw[pos[i]]] for i in idx]
+
+    def oracle(self) -> dict[str, Any]:
+        bb = self._get("oracle")
+        return self._memo(f"oracle:{bb.name}:{self.prompt}", lambda: bb.check(self._frames, self.prompt, self.modality))
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+@dataclass
+class RunResult:
+    """Per-video records (by dimension), skipped files, missing files and backbone info."""
+
+    suite: Suite
+    dimensions: list[str]
+    records: list[dict[str, Any]]
+    skipped: list[dict[str, str]]
+    missing: list[str]
+    backbones: dict[str, dict[str, Any]]
+    unavailable: dict[str, str]  # dimension -> reason (backbone missing)
+    out_dir: Path
+    is_main: bool = True  # False on the other processes of an accelerate launch (they write no report)
+
+
+def _load_cache(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 (a cache is disposable: recompute rather than fail)
+        log.warning("ignoring unreadable feature cache %s (%s)", path, err)
+        return {}
+
+
+def _done(rec_path: Path, sha: str, dims: list[str], bb_names: dict[str, Any]) -> dict[str, Any] | None:
+    if not rec_path.is_file():
+        return None
+    try:
+        rec = json.loads(rec_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if rec.get("version") != RECORD_VERSION or rec.get("sha256") != sha or rec.get("backbones") != bb_names:
+        return None
+    if rec.get("error") is None and not all(d in rec.get("dims", {}) for d in dims):
+        return None
+    return rec
+
+
+def run_benchmark(
+    suite: Suite,
+    videos: str | os.PathLike,
+    out: str | os.PathLike,
+    dimensions: list[str] | None = None,
+    *,
+    weights_dir: str | os.PathLike | None = None,
+    device: str = "auto",
+    backbones: dict[str, list[str]] | None = None,
+    preloaded: dict[str, Backbone] | None = None,
+    strict: bool = False,
+    cache: bool = True,
+    progress: bool = True,
+    batch_size: int = 32,
+) -> RunResult:
+    """Evaluate the files in ``videos`` on ``suite`` and write per-video records under ``out``.
+
+    ``backbones`` overrides the suite's role → [backbone names] preferences; ``preloaded`` maps
+    backbone names to ready objects (tests, notebooks).
+    """
+    out = Path(out)
+    dims = list(dimensions or suite.dimensions)
+    dim_objs: dict[str, Dimension] = {d: get_dimension(d) for d in dims}
+    items, missing = suite.items(videos, dims)
+    if not items:
+        raise InputError(f"no file in {videos} matches suite {suite.name!r} for dimensions {dims}: expected names like "
+                         f"{missing[0]!r} (the suite's naming '{suite.naming}'); check --suite and --dimensions")
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    ctx = LoadContext(Path(weights_dir) if weights_dir else default_weights_dir(), dev, batch_size)
+    prefs = {**suite.backbones, **(backbones or {})}
+    roles = {r for d in dim_objs.values() for r in (*d.roles, *d.optional_roles)}
+    bbs = resolve_backbones(roles, prefs, ctx, preloaded)
+    unavailable = {}
+    for name, d in dim_objs.items():
+        lacking = [r for r in d.roles if r in bbs.missing]
+        if lacking:
+            unavailable[name] = "backbone missing: " + "; ".join(f"{r} ({bbs.missing[r]})" for r in lacking)
+    active = [d for d in dims if d not in unavailable]
+    bb_names = {r: i["name"] for r, i in sorted(bbs.info.items())}
+
+    mine = items
+    state = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        state = PartialState()
+        with state.split_between_processes(items) as part:
+            mine = list(part)
+
+    text_cache: dict[str, torch.Tensor] = {}
+    for item in tqdm(mine, desc=f"bench {suite.name}", disable=not progress):
+        _evaluate_item(item, suite, dim_objs, active, bbs, bb_names, out, text_cache, cache, strict)
+    if state is not None:
+        state.wait_for_everyone()
+
+    records, skipped = [], []
+    for item in items:
+        rec_path = out / "records" / f"{_item_key(item)}.json"
+        try:
+            rec = json.loads(rec_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            skipped.append({"path": item.path, "error": "no record written (the run was interrupted?)"})
+            continue
+        if rec.get("error"):
+            skipped.append({"path": item.path, "error": rec["error"]})
+        else:
+            records.append(rec)
+    return RunResult(suite, dims, records, skipped, missing, bbs.info, unavailable, out,
+                     is_main=state is None or state.is_main_process)
+
+
+def _item_key(item: Item) -> str:
+    return hashlib.sha256(f"{item.path}\0{item.prompt}\0{item.index}".encode()).hexdigest()[:24]
+
+
+def _evaluate_item(item: Item, suite: Suite, dim_objs: dict[str, Dimension], active: list[str], bbs: ResolvedBackbones,
+                   bb_names: dict[str, Any], out: Path, text_cache: dict, use_cache: bool, strict: bool) -> None:
+    rec_path = out / "records" / f"{_item_key(item)}.json"
+    wanted = [d for d in active if d in item.dimensions]
+    base = {"version": RECORD_VERSION, "path": item.path, "prompt": item.prompt, "index": item.index,
+            "backbones": bb_names}
+    try:
+        sha = file_sha256(item.path)
+    except OSError as err:
+        sha = ""
+        err_msg = f"cannot read file: {err}"
+    else:
+        err_msg = None
+    if sha and _done(rec_path, sha, wanted, bb_names) is not None:
+        return
+    frames = None
+    if err_msg is None:
+        try:
+            frames, fps = decode(item.path, suite.modality)
+        except MMAlignError as err:
+            err_msg = str(err)
+        except Exception as err:  # noqa: BLE001 (third-party decoder failures: report, never crash the run)
+            err_msg = f"{item.path}: cannot decode ({type(err).__name__}: {err})"
+    if frames is None:
+        if strict:
+            raise InputError(f"{err_msg} (--strict: stopping; drop --strict to skip unreadable files)")
+        log.warning("skipping %s: %s", item.path, err_msg)
+        atomic_write_json(rec_path, {**base, "sha256": sha, "error": err_msg, "dims": {}})
+        return
+    cache_path = out / "cache" / f"{sha}.pt"
+    feat_cache = _load_cache(cache_path) if use_cache else {}
+    inputs = SharedInputs(item, frames, fps, bbs, feat_cache, text_cache, suite.modality)
+    results: dict[str, Any] = {}
+    try:  # keep dimensions measured by an earlier run of the same file with the same backbones
+        old = json.loads(rec_path.read_text())
+        if old.get("sha256") == sha and old.get("backbones") == bb_names and not old.get("error"):
+            results.update(old.get("dims", {}))
+    except (OSError, json.JSONDecodeError):
+        pass
+    for name in wanted:
+        inputs.aux = item.aux.get(name, {})
+        r = dim_objs[name].measure(inputs)
+        results[name] = None if r is None else {**r, "prompt": item.prompt, "index": item.index}
+    if use_cache and inputs.dirty:
+        atomic_write_bytes(cache_path, lambda tmp: torch.save(feat_cache, tmp))
+    atomic_write_json(rec_path, {**base, "sha256": sha, "error": None, "dims": results,
+                                 "frames": int(frames.shape[0]), "fps": fps, "size": [inputs.height, inputs.width]})
