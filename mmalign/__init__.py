@@ -17,7 +17,7 @@ try:
 except PackageNotFoundError:  # running from a checkout that was never installed
     __version__ = "0.1.0"
 
-#: public name -> the module that defines it
+#: public name -> the module that defines it (``module:attribute`` where the names differ)
 _API: dict[str, str] = {
     "load_generator": "mmalign.generators",
     "load_scorer": "mmalign.scoring",
@@ -27,22 +27,23 @@ _API: dict[str, str] = {
     "AudioBatch": "mmalign.media",
     "load_media": "mmalign.media",
     "save_media": "mmalign.media",
-    "train": "mmalign.align",
-    "benchmark": "mmalign.bench",
+    "train": "mmalign.align.trainer",
+    "benchmark": "mmalign.bench:run_benchmark",
 }
 
 __all__ = ["__version__", *_API]
 
 
 def __getattr__(name: str) -> Any:
-    module_name = _API.get(name)
-    if module_name is None:
+    target = _API.get(name)
+    if target is None:
         raise AttributeError(f"module 'mmalign' has no attribute {name!r}")
+    module_name, _, attribute = target.partition(":")
     module = importlib.import_module(module_name)
     try:
-        value = getattr(module, name)
+        value = getattr(module, attribute or name)
     except AttributeError:
-        raise AttributeError(f"mmalign.{name} is not built yet: {module_name} does not define {name!r}") from None
+        raise AttributeError(f"mmalign.{name} is not built yet: {module_name} does not define {attribute or name!r}") from None
     globals()[name] = value  # cache: later lookups skip __getattr__
     return value
 

@@ -119,9 +119,11 @@ def eval_cmd(
     console.print(accuracy_table(f"{generator}: oracle on {n} held-out prompts (seed {seed})", {generator: result["accuracy"]}))
     console.print(f"faithfulness {result['faithfulness']:.3f}  quality {result['quality']:.3f}")
     if out:
-        from mmalign.synth.annotators import write_jsonl
+        import os
 
-        write_jsonl(out, [result])
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        os.replace(tmp, out)
 
 
 def register(app: typer.Typer) -> None:

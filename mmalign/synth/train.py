@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from mmalign.generators._common import write_defaults
 from mmalign.paths import asset_path
 from mmalign.synth.prompts import sample_prompts
 from mmalign.synth.render import render
@@ -33,6 +34,8 @@ TOKENIZER_DIR = asset_path("tokenizers", "clip-synth")
 IMAGE_SIZE = 32
 LATENT_SIZE = 8  # the VAE downsamples 4x: 32x32x3 images <-> 8x8x8 latents
 LATENT_CHANNELS = 8
+#: sampling defaults shipped with the pipelines (read by mmalign.generators)
+SAMPLING_DEFAULTS = {"steps": 20, "guidance": 4.0}
 MAX_TOKENS = 16  # the longest grammar prompt is 10 words; shorter sequences make every step cheaper
 
 
@@ -180,16 +183,88 @@ def _encode_text(tok, te1, te2, prompts: list[str]) -> tuple[torch.Tensor, torch
     return torch.cat([h1, o2.hidden_states[-2]], dim=-1), o2.text_embeds
 
 
+class ResumableStage:
+    """Optimizer (AdamW, warm-up then constant LR), EMA weights, data RNG and step of one training
+    stage, saved atomically to ``path`` every ``every`` steps; ``touch <work>/STOP`` ends the stage
+    early (saved). With a constant LR, a run stopped at step N equals a run with ``--steps N``.
+    """
+
+    def __init__(self, path: Path, modules: torch.nn.ModuleList, lr: float, warmup: int, seed: int,
+                 ema_decay: float, every: int, log=print) -> None:
+        import copy
+
+        self.path, self.modules, self.ema_decay, self.every, self.log = path, modules, ema_decay, every, log
+        self.ema = copy.deepcopy(modules).requires_grad_(False)
+        self.pairs = [(e, p) for e, p in zip(self.ema.parameters(), modules.parameters()) if p.requires_grad]
+        self.params = [p for _, p in self.pairs]
+        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=1e-2)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warmup))
+        self.rng = torch.Generator().manual_seed(seed)
+        self.step = 0
+        if path.exists():
+            state = torch.load(path, weights_only=False)
+            modules.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            self.opt.load_state_dict(state["opt"])
+            self.sched.load_state_dict(state["sched"])
+            self.rng.set_state(state["rng"])
+            self.step = state["step"]
+            log(json.dumps({"resumed": str(path), "step": self.step}))
+
+    def update(self, loss: torch.Tensor, total: int) -> bool:
+        """One optimizer step on ``loss`` (clipped at norm 1), EMA, checkpoint; True when asked to stop."""
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        self.sched.step()
+        with torch.no_grad():
+            for e, p in self.pairs:
+                e.lerp_(p, 1 - self.ema_decay)
+        self.step += 1
+        if self.step % 50 == 1:
+            self.log(json.dumps({"stage": self.path.stem, "step": self.step, "loss": loss.item()}))
+        stop = (self.path.parent / "STOP").exists()
+        if self.step % self.every == 0 or self.step == total or stop:
+            state = {"model": self.modules.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
+                     "sched": self.sched.state_dict(), "rng": self.rng.get_state(), "step": self.step}
+            torch.save(state, self.path.with_suffix(".tmp"))
+            os.replace(self.path.with_suffix(".tmp"), self.path)
+        if stop:
+            self.log(json.dumps({"stage": self.path.stem, "stopped_at": self.step}))
+        return stop
+
+
+def epsilon_loss(unet, tok, te1, te2, alphas: torch.Tensor, x0: torch.Tensor, prompts: list[str],
+                 g: torch.Generator) -> torch.Tensor:
+    """SDXL's epsilon objective on a batch of latents ``x0`` (images ``[B,C,h,w]`` or videos ``[B,C,T,h,w]``),
+    with 10% empty prompts for classifier-free guidance."""
+    batch = len(x0)
+    texts = [p if torch.rand((), generator=g) > 0.1 else "" for p in prompts]
+    emb, pooled = _encode_text(tok, te1, te2, texts)
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.randint(0, 1000, (batch,), generator=g)
+    a = alphas[t].view(-1, *[1] * (x0.ndim - 1))
+    xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    frames = x0.shape[2] if x0.ndim == 5 else 1  # as AnimateDiffSDXLPipeline: text embeddings repeated per frame
+    time_ids = torch.tensor([IMAGE_SIZE, IMAGE_SIZE, 0, 0, IMAGE_SIZE, IMAGE_SIZE], dtype=torch.float32)
+    pred = unet(xt, t, encoder_hidden_states=emb.repeat_interleave(frames, dim=0),
+                added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids.expand(batch, 6)}).sample
+    return F.mse_loss(pred, noise)
+
+
+def _encode_bank(vae, frames: torch.Tensor) -> torch.Tensor:
+    """Scaled VAE latents (posterior mode) of ``[N, 3, H, W]`` images in [0, 1]."""
+    with torch.no_grad():
+        z = [vae.encode(frames[i : i + 1000] * 2 - 1).latent_dist.mode() for i in range(0, len(frames), 1000)]
+    return torch.cat(z) * vae.config.scaling_factor
+
+
 def train_sdxl_unet(
     out: Path, steps: int, seed: int, batch: int = 32, lr: float = 1e-3, ema_decay: float = 0.998, log=print
 ) -> None:
-    """Train the UNet and both text encoders (epsilon objective), resumable from ``out/unet_state.pt``.
-
-    The learning rate is constant after a 200-step warm-up, so a run stopped early (``touch out/STOP``)
-    equals a run with that many ``--steps``; the shipped weights are the EMA of the trained ones.
-    """
-    import copy
-
+    """Train the UNet and both text encoders (epsilon objective), resumable from ``out/unet_state.pt``;
+    the shipped weights are the EMA of the trained ones."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
@@ -198,69 +273,20 @@ def train_sdxl_unet(
     te1, te2 = build_text_encoders(tok)
     unet = build_sdxl_unet()
     scheduler = build_scheduler()
-    modules = torch.nn.ModuleList([unet, te1, te2])
-    ema = copy.deepcopy(modules).requires_grad_(False)
     log(json.dumps({"unet_params": sum(p.numel() for p in unet.parameters())}))
     images, prompts = image_bank(40000, seed + 1)
-    with torch.no_grad():
-        latents = torch.cat(
-            [vae.encode(images[i : i + 1000] * 2 - 1).latent_dist.mode() for i in range(0, len(images), 1000)]
-        ) * vae.config.scaling_factor
+    latents = _encode_bank(vae, images)
     del images
-    params = list(modules.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200))
-    g = torch.Generator().manual_seed(seed)
-    start = 0
-    state_path = out / "unet_state.pt"
-    if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
-        modules.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        g.set_state(state["rng"])
-        start = state["step"]
-        log(json.dumps({"resumed_at": start}))
-    alphas = scheduler.alphas_cumprod
-    time_ids = torch.tensor([IMAGE_SIZE, IMAGE_SIZE, 0, 0, IMAGE_SIZE, IMAGE_SIZE], dtype=torch.float32)
-    bar = tqdm(range(start, steps), desc="unet", mininterval=5, initial=start, total=steps)
-    for step in bar:
+    stage = ResumableStage(out / "unet_state.pt", torch.nn.ModuleList([unet, te1, te2]), lr, 200, seed, ema_decay, 500, log)
+    g = stage.rng
+    bar = tqdm(range(stage.step, steps), desc="unet", mininterval=5, initial=stage.step, total=steps)
+    for _ in bar:
         idx = torch.randint(0, len(latents), (batch,), generator=g)
-        x0 = latents[idx]
-        texts = [prompts[i] if torch.rand((), generator=g) > 0.1 else "" for i in idx.tolist()]
-        emb, pooled = _encode_text(tok, te1, te2, texts)
-        noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, 1000, (batch,), generator=g)
-        a = alphas[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        pred = unet(
-            xt, t, encoder_hidden_states=emb,
-            added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids.expand(batch, 6)},
-        ).sample
-        loss = F.mse_loss(pred, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), params):
-                pe.lerp_(pm, 1 - ema_decay)
-        done = step + 1
-        if step % 100 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            log(json.dumps({"stage": "unet", "step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0]}))
-        stop = (out / "STOP").exists()
-        if done % 500 == 0 or done == steps or stop:
-            state = {"model": modules.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                     "sched": sched.state_dict(), "rng": g.get_state(), "step": done}
-            torch.save(state, state_path.with_suffix(".tmp"))
-            os.replace(state_path.with_suffix(".tmp"), state_path)
-        if stop:
-            log(json.dumps({"stage": "unet", "stopped_at": done}))
+        loss = epsilon_loss(unet, tok, te1, te2, scheduler.alphas_cumprod, latents[idx], [prompts[i] for i in idx], g)
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if stage.update(loss, steps):
             break
-    unet, te1, te2 = ema
+    unet, te1, te2 = stage.ema
     assemble_sdxl(out, vae, te1, te2, tok, unet, scheduler)
 
 
@@ -272,8 +298,8 @@ def assemble_sdxl(out: Path, vae, te1, te2, tok, unet, scheduler) -> None:
         vae=vae.eval(), text_encoder=te1.eval(), text_encoder_2=te2.eval(), tokenizer=tok, tokenizer_2=tok,
         unet=unet.eval(), scheduler=scheduler, force_zeros_for_empty_prompt=False,
     )
-    final = out / "pipeline"
-    _save_atomic(pipe, final)
+    _save_atomic(pipe, out / "pipeline")
+    write_defaults(out / "pipeline", {"family": "sdxl", **SAMPLING_DEFAULTS})
 
 
 def video_bank(n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
@@ -304,8 +330,6 @@ def train_video(out: Path, image_pipeline: Path, steps: int, seed: int, batch: i
     the new words (motion, static, change over time) from rendered videos, with the same epsilon
     objective and 10% empty prompts. Resumable and stoppable like the image stage.
     """
-    import copy
-
     from diffusers import AnimateDiffSDXLPipeline, StableDiffusionXLPipeline, UNetMotionModel
 
     torch.manual_seed(seed)
@@ -313,79 +337,33 @@ def train_video(out: Path, image_pipeline: Path, steps: int, seed: int, batch: i
     tok, vae, te1, te2, scheduler = base.tokenizer, base.vae.eval(), base.text_encoder, base.text_encoder_2, base.scheduler
     adapter = build_motion_adapter()
     unet = UNetMotionModel.from_unet2d(base.unet, adapter)
-    unet.requires_grad_(False)
-    train_names = [n for n, _ in unet.named_parameters() if "motion_modules" in n or ".attn2." in n]
     for n, p in unet.named_parameters():
-        p.requires_grad_(n in train_names)
-    modules = torch.nn.ModuleList([unet, te1, te2])
+        p.requires_grad_("motion_modules" in n or ".attn2." in n)
     te1.requires_grad_(True)
     te2.requires_grad_(True)
-    ema = copy.deepcopy(modules).requires_grad_(False)
-    params = [p for p in modules.parameters() if p.requires_grad]
-    log(json.dumps({"video_trainable_params": sum(p.numel() for p in params)}))
     videos, prompts = video_bank(4000, seed + 2)
     b, t = videos.shape[:2]
-    with torch.no_grad():
-        frames = videos.reshape(b * t, *videos.shape[2:])
-        lat = torch.cat([vae.encode(frames[i : i + 1000] * 2 - 1).latent_dist.mode() for i in range(0, len(frames), 1000)])
-        latents = (lat * vae.config.scaling_factor).reshape(b, t, *lat.shape[1:]).permute(0, 2, 1, 3, 4).contiguous()
-    del videos, frames, lat
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100))
-    g = torch.Generator().manual_seed(seed)
-    start, state_path = 0, out / "video_state.pt"
-    if state_path.exists():
-        state = torch.load(state_path, weights_only=False)
-        modules.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        g.set_state(state["rng"])
-        start = state["step"]
-    alphas = scheduler.alphas_cumprod
-    time_ids = torch.tensor([IMAGE_SIZE, IMAGE_SIZE, 0, 0, IMAGE_SIZE, IMAGE_SIZE], dtype=torch.float32)
-    bar = tqdm(range(start, steps), desc="video", mininterval=5, initial=start, total=steps)
-    for step in bar:
+    lat = _encode_bank(vae, videos.reshape(b * t, *videos.shape[2:]))
+    latents = lat.reshape(b, t, *lat.shape[1:]).permute(0, 2, 1, 3, 4).contiguous()
+    del videos, lat
+    stage = ResumableStage(out / "video_state.pt", torch.nn.ModuleList([unet, te1, te2]), lr, 100, seed, ema_decay,
+                           250, log)
+    log(json.dumps({"video_trainable_params": sum(p.numel() for p in stage.params)}))
+    g = stage.rng
+    bar = tqdm(range(stage.step, steps), desc="video", mininterval=5, initial=stage.step, total=steps)
+    for _ in bar:
         idx = torch.randint(0, len(latents), (batch,), generator=g)
-        x0 = latents[idx]
-        texts = [prompts[i] if torch.rand((), generator=g) > 0.1 else "" for i in idx.tolist()]
-        emb, pooled = _encode_text(tok, te1, te2, texts)
-        noise = torch.randn(x0.shape, generator=g)
-        tt = torch.randint(0, 1000, (batch,), generator=g)
-        a = alphas[tt].view(-1, 1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        # as AnimateDiffSDXLPipeline: text embeddings repeated per frame, pooled ones per video
-        pred = unet(xt, tt, encoder_hidden_states=emb.repeat_interleave(x0.shape[2], dim=0),
-                    added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids.expand(batch, 6)}).sample
-        loss = F.mse_loss(pred, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), modules.parameters()):
-                if pm.requires_grad:
-                    pe.lerp_(pm, 1 - ema_decay)
-        done = step + 1
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            log(json.dumps({"stage": "video", "step": step, "loss": loss.item()}))
-        stop = (out / "STOP").exists()
-        if done % 250 == 0 or done == steps or stop:
-            state = {"model": modules.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                     "sched": sched.state_dict(), "rng": g.get_state(), "step": done}
-            torch.save(state, state_path.with_suffix(".tmp"))
-            os.replace(state_path.with_suffix(".tmp"), state_path)
-        if stop:
-            log(json.dumps({"stage": "video", "stopped_at": done}))
+        loss = epsilon_loss(unet, tok, te1, te2, scheduler.alphas_cumprod, latents[idx], [prompts[i] for i in idx], g)
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if stage.update(loss, steps):
             break
-    unet, te1, te2 = ema
+    unet, te1, te2 = stage.ema
     pipe = AnimateDiffSDXLPipeline(
         vae=vae, text_encoder=te1.eval(), text_encoder_2=te2.eval(), tokenizer=tok, tokenizer_2=tok,
         unet=unet.eval(), motion_adapter=adapter, scheduler=scheduler, force_zeros_for_empty_prompt=False,
     )
     _save_atomic(pipe, out / "pipeline")
+    write_defaults(out / "pipeline", {"family": "animatediff_sdxl", **SAMPLING_DEFAULTS, "num_frames": 8, "fps": 8.0})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,421 @@
+"""Train the shipped ``synth-audio`` generator of the synthetic world (reproducible, seeded, CPU).
+
+    python -m mmalign.synth.train_audio                         # VAE, then DiT + T5 + projection, then eval
+    python -m mmalign.synth.train_audio --stage dit --steps 3000 # resume / continue one stage
+
+``synth-audio`` is a real :class:`~diffusers.StableAudioPipeline` (Evans et al. 2024, "Stable Audio
+Open") on 16 kHz mono, 1 s melodies:
+
+* a tiny ``AutoencoderOobleck`` (downsampling 8·4·4·2 = 256 samples per latent frame, so a clip of
+  63·256 = 16128 samples is 63 latent frames), trained on rendered melodies with waveform L1 plus a
+  multi-resolution STFT magnitude loss (spectral convergence + log magnitude; Yamamoto et al. 2020,
+  "Parallel WaveGAN", §2.3) and a small KL term. Afterwards the encoder's mean output and the
+  decoder's input are rescaled per channel (an exact reparametrisation of the weights) so the latents
+  have unit standard deviation, as the EDM scheduler's ``sigma_data = 1`` assumes;
+* a tiny T5 encoder on the project's tokenizer (``assets/tokenizers/t5-synth``), the
+  ``StableAudioProjectionModel`` (text + seconds start/end conditioning) and a small
+  ``StableAudioDiTModel``, trained jointly with the objective of the project's Stable Audio adapter
+  (:class:`mmalign.generators.stable_audio.StableAudioAdapter`: EDM v-objective, Karras et al. 2022,
+  Table 1, with σ = tan(π/2·t/1000)), so later fine-tuning continues the same objective;
+* the family's scheduler, ``EDMDPMSolverMultistepScheduler`` (σ ∈ [0.3, 500], σ_data = 1, exponential
+  schedule, v-prediction, as Stable Audio Open).
+
+Classifier-free guidance: 10% of training items get the *zeroed* cross-attention conditioning, which
+is exactly the unconditional input ``StableAudioPipeline`` builds at sampling time (it does not encode
+an empty string). Each stage is resumable (``WORK/<stage>_state.pt`` every few hundred steps) and
+``touch WORK/STOP`` ends the running stage early, saves it and goes on with the next stage; the shipped DiT / T5 / projection weights are an
+EMA of the trained ones. Finally the oracle scores samples for 60 held-out prompts and the result
+goes to ``assets/models/synth-audio/eval.json``. The model is imperfect on purpose: alignment needs
+room to show its effect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from mmalign.paths import asset_path
+from mmalign.synth.prompts import sample_prompts
+from mmalign.synth.render import render
+
+NAME = "synth-audio"
+SAMPLE_RATE = 16000
+RATIOS = (8, 4, 4, 2)  # hop 256 samples = 16 ms per latent frame; the big stride first keeps full-rate layers few
+HOP = 8 * 4 * 4 * 2
+LATENT_FRAMES = 63  # 63 * 256 = 16128 samples >= 1 s; the pipeline crops to audio_end_in_s = 1.0
+LATENT_CHANNELS = 8
+CLIP = LATENT_FRAMES * HOP
+MAX_TOKENS = 16  # grammar prompts are 8 words (9 tokens with </s>)
+TEXT_DIM = 64
+#: sampling defaults written next to the pipeline (mmalign_generator.json)
+DEFAULTS = {"steps": 24, "guidance": 3.0, "audio_end_in_s": 1.0}
+
+Log = Callable[[str], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# components
+
+
+def tokenizer():
+    from mmalign.generators.tiny import t5_tokenizer
+
+    tok = t5_tokenizer()
+    tok.model_max_length = MAX_TOKENS
+    return tok
+
+
+def build_vae():
+    from diffusers import AutoencoderOobleck
+
+    return AutoencoderOobleck(encoder_hidden_size=2 * LATENT_CHANNELS, downsampling_ratios=list(RATIOS),
+                              channel_multiples=[1, 2, 4, 8], decoder_channels=8,
+                              decoder_input_channels=LATENT_CHANNELS, audio_channels=1, sampling_rate=SAMPLE_RATE)
+
+
+def build_text(tok):
+    """Tiny T5 encoder (``tiny.t5_encoder``) and the Stable Audio projection (text + seconds)."""
+    from diffusers.pipelines.stable_audio import StableAudioProjectionModel
+
+    from mmalign.generators.tiny import t5_encoder
+
+    te = t5_encoder(len(tok), d_model=TEXT_DIM)
+    proj = StableAudioProjectionModel(text_encoder_dim=TEXT_DIM, conditioning_dim=TEXT_DIM, min_value=0, max_value=2)
+    return te, proj
+
+
+def build_dit():
+    from diffusers import StableAudioDiTModel
+
+    return StableAudioDiTModel(sample_size=LATENT_FRAMES, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
+                               num_layers=4, attention_head_dim=16, num_attention_heads=4,
+                               num_key_value_attention_heads=2, cross_attention_dim=64, time_proj_dim=64,
+                               global_states_input_dim=2 * TEXT_DIM, cross_attention_input_dim=TEXT_DIM)
+
+
+def build_scheduler():
+    from diffusers import EDMDPMSolverMultistepScheduler
+
+    return EDMDPMSolverMultistepScheduler(sigma_min=0.3, sigma_max=500.0, sigma_data=1.0,
+                                          sigma_schedule="exponential", prediction_type="v_prediction",
+                                          solver_order=2)
+
+
+def assemble(vae, te, proj, tok, dit, scheduler):
+    from diffusers import StableAudioPipeline
+
+    return StableAudioPipeline(vae=vae.eval(), text_encoder=te.eval(), projection_model=proj.eval(), tokenizer=tok,
+                               transformer=dit.eval(), scheduler=scheduler)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def melody_bank(n: int, seed: int, split: str = "train") -> tuple[torch.Tensor, list[str]]:
+    """``n`` rendered melodies ``[n, 1, CLIP]`` (1 s, zero-padded to whole latent frames) and their prompts."""
+    prompts = sample_prompts("audio", n, seed=seed, split=split)
+    audio = torch.cat([render(prompts[i : i + 500], seed=seed + i).samples for i in range(0, n, 500)])
+    return F.pad(audio, (0, CLIP - audio.shape[-1])), prompts
+
+
+# ---------------------------------------------------------------------------------------------
+# VAE
+
+
+def stft_loss(rec: torch.Tensor, x: torch.Tensor, sizes: tuple[int, ...] = (128, 512, 2048)) -> torch.Tensor:
+    """Multi-resolution STFT loss: spectral convergence + L1 of log magnitudes (Yamamoto et al. 2020, eq. 4–6)."""
+    loss = rec.new_zeros(())
+    for n in sizes:
+        win = torch.hann_window(n, device=x.device)
+        spec = [torch.stft(s.flatten(0, 1), n, hop_length=n // 4, window=win, return_complex=True).abs()
+                for s in (rec, x)]
+        loss = loss + (spec[1] - spec[0]).norm() / spec[1].norm().clamp_min(1e-6)
+        loss = loss + F.l1_loss(torch.log(spec[0] + 1e-5), torch.log(spec[1] + 1e-5))
+    return loss / len(sizes)
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _save_atomic(module, out: Path) -> None:
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    module.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+
+
+@torch.no_grad()
+def normalize_latents(vae, audio: torch.Tensor) -> torch.Tensor:
+    """Rescale the latent channels to unit std by an exact change of the weights.
+
+    The posterior mean ``μ = W x + b`` (first half of the encoder's last conv) becomes ``μ / s`` and the
+    decoder's first conv takes ``s · z`` (weight-normed convs: ``weight = g · v / ‖v‖``, so ``g`` and
+    ``b`` are divided for the encoder, ``v`` re-set and ``g = ‖v‖`` for the decoder). Returns ``s``.
+    """
+    mu = torch.cat([vae.encode(audio[i : i + 100]).latent_dist.mode() for i in range(0, len(audio), 100)])
+    s = mu.transpose(0, 1).flatten(1).std(dim=1)  # per channel
+    c = len(s)
+    enc = vae.encoder.conv2
+    enc.weight_g[:c] /= s.view(-1, 1, 1)
+    enc.bias[:c] /= s
+    dec = vae.decoder.conv1
+    w = dec.weight.detach() * s.view(1, -1, 1)
+    dec.weight_v.copy_(w)
+    dec.weight_g.copy_(w.norm(dim=(1, 2), keepdim=True))
+    return s
+
+
+def train_vae(work: Path, steps: int, seed: int, bank: int = 1500, batch: int = 16, crop: int = 4096, lr: float = 3e-3,
+              kl_weight: float = 1e-4, save_every: int = 100, log: Log = print) -> None:
+    """Stage 1: the Oobleck VAE on random ``crop``-sample windows of rendered melodies; resumable."""
+    torch.manual_seed(seed)
+    vae = build_vae()
+    audio, _ = melody_bank(bank, seed)
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * (0.1 + 0.9 * max(0.0, 1 - s / steps)))
+    g = torch.Generator().manual_seed(seed)
+    start, state_path = 0, work / "vae_state.pt"
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        g.set_state(state["rng"])
+        start = state["step"]
+        log(json.dumps({"stage": "vae", "resumed_at": start}))
+    log(json.dumps({"vae_params": sum(p.numel() for p in vae.parameters())}))
+    t0 = time.time()
+    bar = tqdm(range(start, steps), desc="vae", mininterval=5, initial=start, total=steps)
+    for step in bar:
+        idx = torch.randint(0, len(audio), (batch,), generator=g)
+        off = torch.randint(0, CLIP - crop + 1, (batch,), generator=g) // HOP * HOP
+        x = torch.stack([audio[i, :, o : o + crop] for i, o in zip(idx.tolist(), off.tolist())])
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(generator=g)).sample[..., :crop]
+        kl = post.kl() / post.mean.shape[1]
+        l1 = F.l1_loss(rec, x)
+        spec = stft_loss(rec, x)
+        loss = l1 + spec + kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        done = step + 1
+        if step % 25 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            log(json.dumps({"stage": "vae", "step": step, "loss": loss.item(), "l1": l1.item(), "stft": spec.item(),
+                            "kl": kl.item(), "s_per_step": (time.time() - t0) / (done - start)}))
+        stop = (work / "STOP").exists()
+        if done % save_every == 0 or done == steps or stop:
+            _save_state(state_path, {"model": vae.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                                     "rng": g.get_state(), "step": done})
+        if stop:
+            log(json.dumps({"stage": "vae", "stopped_at": done}))
+            (work / "STOP").unlink(missing_ok=True)  # consumed: the run goes on with the next stage
+            break
+    vae.eval()
+    s = normalize_latents(vae, audio[:400])
+    log(json.dumps({"stage": "vae", "latent_std_before": s.tolist()}))
+    _save_atomic(vae, work / "vae")
+
+
+# ---------------------------------------------------------------------------------------------
+# DiT + T5 + projection
+
+
+def train_dit(work: Path, steps: int, seed: int, bank: int = 1500, batch: int = 32, lr: float = 1e-3, ema_decay: float = 0.998,
+              save_every: int = 250, log: Log = print):
+    """Stage 2: DiT, T5 and projection with the Stable Audio adapter's objective; resumable.
+
+    ``noise`` / ``target`` / ``predict`` / ``encode_prompts`` come from
+    :class:`~mmalign.generators.stable_audio.StableAudioAdapter` on the assembled pipeline.
+    Returns the pipeline with the EMA weights.
+    """
+    from diffusers import AutoencoderOobleck
+
+    from mmalign.generators.stable_audio import StableAudioGenerator
+
+    torch.manual_seed(seed)
+    tok = tokenizer()
+    vae = AutoencoderOobleck.from_pretrained(work / "vae").eval().requires_grad_(False)
+    te, proj = build_text(tok)
+    dit = build_dit()
+    modules = torch.nn.ModuleList([dit, te, proj])
+    ema = copy.deepcopy(modules).requires_grad_(False)
+    log(json.dumps({"dit_params": sum(p.numel() for p in dit.parameters()),
+                    "text_params": sum(p.numel() for p in te.parameters()) + sum(p.numel() for p in proj.parameters())}))
+    pipe = assemble(vae, te, proj, tok, dit, build_scheduler())
+    adapter = StableAudioGenerator(pipe, device=torch.device("cpu")).trainable()
+    audio, prompts = melody_bank(bank, seed + 1)
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(audio[i : i + 100]).latent_dist.mode() for i in range(0, len(audio), 100)])
+    del audio
+    log(json.dumps({"latents": list(latents.shape), "latent_std": latents.std().item()}))
+    params = list(modules.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200))
+    g = torch.Generator().manual_seed(seed)
+    start, state_path = 0, work / "dit_state.pt"
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        modules.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        g.set_state(state["rng"])
+        start = state["step"]
+        log(json.dumps({"stage": "dit", "resumed_at": start}))
+    modules.train()
+    t0 = time.time()
+    bar = tqdm(range(start, steps), desc="dit", mininterval=5, initial=start, total=steps)
+    for step in bar:
+        idx = torch.randint(0, len(latents), (batch,), generator=g)
+        x0 = latents[idx]
+        keep = (torch.rand(batch, generator=g) > 0.1).float()
+        cond = adapter.encode_prompts([prompts[i] for i in idx.tolist()])
+        # unconditional items: zeroed cross-attention states, as StableAudioPipeline's CFG branch
+        cond["prompt_embeds"] = cond["prompt_embeds"] * keep.view(-1, 1, 1)
+        noise = torch.randn(x0.shape, generator=g)
+        t = adapter.sample_timesteps(batch, generator=g)
+        pred = adapter.predict(adapter.noise(x0, noise, t), t, cond)
+        loss = F.mse_loss(pred, adapter.target(x0, noise, t))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        done = step + 1
+        decay = min(ema_decay, (1 + done) / (10 + done))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), params):
+                pe.lerp_(pm, 1 - decay)
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            log(json.dumps({"stage": "dit", "step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0],
+                            "s_per_step": (time.time() - t0) / (done - start)}))
+        stop = (work / "STOP").exists()
+        if done % save_every == 0 or done == steps or stop:
+            _save_state(state_path, {"model": modules.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                                     "sched": sched.state_dict(), "rng": g.get_state(), "step": done})
+        if stop:
+            log(json.dumps({"stage": "dit", "stopped_at": done}))
+            (work / "STOP").unlink(missing_ok=True)  # consumed: the run goes on with the next stage
+            break
+    dit, te, proj = ema
+    return assemble(vae, te, proj, tok, dit, build_scheduler())
+
+
+def save_pipeline(pipe, out: Path) -> None:
+    """Save as ``out`` (``save_pretrained`` + sampling defaults) through a temp folder and a rename."""
+    from mmalign.generators.stable_audio import StableAudioGenerator
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    StableAudioGenerator(pipe, device=torch.device("cpu"), defaults=DEFAULTS).save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+
+
+def evaluate_model(folder: Path, n: int = 60, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Oracle per-skill accuracy of the model's samples for ``n`` held-out prompts, plus two references:
+    the rendered ground truth and its VAE reconstruction (the ceiling the latent model can reach)."""
+    from mmalign.generators import load_generator
+    from mmalign.media import AudioBatch
+    from mmalign.synth.oracle import evaluate
+
+    prompts = sample_prompts("audio", n, seed=seed, split="heldout")
+    gen = load_generator(str(folder))
+    t0 = time.time()
+    samples = gen.sample(prompts, n=1, seed=seed, progress=progress)
+    sample_s = time.time() - t0
+    truth = render(prompts, seed=seed)
+    vae = gen.pipe.vae
+    with torch.no_grad():
+        x = F.pad(truth.samples, (0, CLIP - truth.samples.shape[-1]))
+        rec = vae.decode(vae.encode(x).latent_dist.mode()).sample[..., : truth.samples.shape[-1]].clamp(-1, 1)
+    rec = AudioBatch(rec, sample_rate=SAMPLE_RATE, prompts=prompts)
+
+    def acc(media) -> dict[str, float]:
+        r = evaluate(media, prompts)
+        return {**{k: round(v, 4) for k, v in r.per_skill_accuracy().items()},
+                "faithfulness": round(float(r.faithfulness.mean()), 4), "quality": round(float(r.quality.mean()), 4)}
+
+    return {"generator": NAME, "prompts": f"sample_prompts('audio', {n}, seed={seed}, split='heldout')",
+            "seed": seed, "sampling": {k: v for k, v in gen.defaults.items()},
+            "samples": acc(samples), "rendered": acc(truth), "vae_reconstruction": acc(rec),
+            "chance": {"register": 1 / 3, "tempo": 1 / 2, "timbre": 1 / 3}, "sample_seconds": round(sample_s, 1)}
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", choices=["all", "vae", "dit", "eval"], default="all")
+    p.add_argument("--vae-steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=2000, help="DiT training steps")
+    p.add_argument("--vae-batch", type=int, default=16)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--bank", type=int, default=1500, help="rendered training melodies per stage")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
+    p.add_argument("--work", type=Path, default=None, help=f"work folder (default: assets/models/{NAME}.work)")
+    p.add_argument("--out", type=Path, default=None, help=f"model folder (default: assets/models/{NAME})")
+    p.add_argument("--eval-n", type=int, default=60, help="held-out prompts for the oracle evaluation")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    work = args.work or asset_path("models", NAME + ".work")
+    out = args.out or asset_path("models", NAME)
+    work.mkdir(parents=True, exist_ok=True)
+    logf = open(work / "train_log.jsonl", "a")
+
+    def log(line: str) -> None:
+        logf.write(line + "\n")
+        logf.flush()
+
+    t0 = time.time()
+    log(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}}))
+    if args.stage in ("all", "vae"):
+        train_vae(work, args.vae_steps, args.seed, bank=args.bank, batch=args.vae_batch, log=log)
+        log(json.dumps({"stage": "vae", "done_s": time.time() - t0}))
+    if args.stage in ("all", "dit"):
+        pipe = train_dit(work, args.steps, args.seed, bank=args.bank, batch=args.batch, log=log)
+        save_pipeline(pipe, out)
+        log(json.dumps({"stage": "dit", "done_s": time.time() - t0}))
+    if args.stage in ("all", "dit", "eval"):
+        result = evaluate_model(out, n=args.eval_n, seed=0)
+        result["train_wall_s"] = round(time.time() - t0, 1)
+        write_json(out / "eval.json", result)
+        log(json.dumps({"stage": "eval", **result}))
+        print(json.dumps(result["samples"]), json.dumps(result["vae_reconstruction"]))
+    print(f"done in {(time.time() - t0) / 60:.1f} min; pipeline in {out}")
+
+
+if __name__ == "__main__":
+    main()
