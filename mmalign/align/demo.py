@@ -41,6 +41,7 @@ class DemoConfig:
     val_prompts: int = 48
     eval_prompts: int = 256
     annotators: int = 5
+    batch_size: int = 32
     seed: int = 0
     overrides: list[str] = field(default_factory=list)
 
@@ -154,7 +155,8 @@ def run_demo(modality: str | None = "image", seed: int = 0, out: Path | None = N
     (out / "val_prompts.txt").write_text("\n".join(val_prompts) + "\n")
 
     console.print(f"1/3 preference data: {cfg.train_prompts} train prompts × k={cfg.k} samples, scored by {cfg.scorer}")
-    data = build_preferences(gen, [scorer], train_prompts, out / "data", k=cfg.k, seed=cfg.seed, progress=not quiet)
+    data = build_preferences(gen, [scorer], train_prompts, out / "data", k=cfg.k, seed=cfg.seed,
+                             batch_size=cfg.batch_size, progress=not quiet)
     timings["data_s"] = time.perf_counter() - t0
 
     console.print(f"2/3 training ({cfg.recipe}), validating on {cfg.val_prompts} other train-split prompts")
@@ -164,7 +166,7 @@ def run_demo(modality: str | None = "image", seed: int = 0, out: Path | None = N
 
         shutil.rmtree(run_dir)
     result = train(cfg.recipe, overrides=[
-        f"data.path={data.pairs_path}", f"output_dir={run_dir}", f"data.cache_dir={out / 'cache'}",
+        f"data.path={data.pairs}", f"output_dir={run_dir}", f"data.cache_dir={out / 'cache'}",
         f"eval.prompts={out / 'val_prompts.txt'}", f"eval.n_prompts={cfg.val_prompts}", f"seed={cfg.seed}",
         f"progress={not quiet}", *cfg.overrides,
     ], generator=gen)
@@ -174,8 +176,8 @@ def run_demo(modality: str | None = "image", seed: int = 0, out: Path | None = N
     eval_seed = cfg.seed + 777
     denoiser = gen.trainable().denoiser
     with lora_disabled(denoiser):
-        base = gen.sample(eval_prompts, n=1, seed=eval_seed, progress=not quiet)
-    aligned = gen.sample(eval_prompts, n=1, seed=eval_seed, progress=not quiet)
+        base = gen.sample(eval_prompts, n=1, seed=eval_seed, batch_size=cfg.batch_size, progress=not quiet)
+    aligned = gen.sample(eval_prompts, n=1, seed=eval_seed, batch_size=cfg.batch_size, progress=not quiet)
     report = compare_models(base, aligned, eval_prompts, scorer, cfg.annotators, cfg.seed)
     timings["eval_s"] = time.perf_counter() - t0 - timings["data_s"] - timings["train_s"]
     timings["total_s"] = time.perf_counter() - t0
@@ -186,7 +188,7 @@ def run_demo(modality: str | None = "image", seed: int = 0, out: Path | None = N
         grid.save(out / "before_after.png")
     elif cfg.modality == "video":
         video_contact_sheet(type(base).cat([base[show[:6]], aligned[show[:6]]])).save(out / "before_after.png")
-    report.update(config=asdict(cfg), pairs=data.pairs, train={"steps": result.steps, "stopped": result.stopped,
+    report.update(config=asdict(cfg), pairs=data.n_pairs, train={"steps": result.steps, "stopped": result.stopped,
                   "best_step": result.best_step, "eval_history": result.eval_history}, timings=timings)
     _write_json(out / "report.json", report)
     console.print(_table(report, f"base vs aligned on {cfg.eval_prompts} held-out prompts (95% bootstrap CIs)"))

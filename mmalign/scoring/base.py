@@ -1,0 +1,177 @@
+"""The :class:`Scorer` interface: ``score``, ``compare`` and ``rank`` for any media.
+
+Subclasses implement one method, :meth:`Scorer._score_batch` (a chunk of media of a modality the
+scorer supports, plus one prompt per item → ``Tensor[b]``). This class does everything else once:
+input checks, prompt broadcasting, batching, progress, ``no_grad`` unless ``differentiable=True``,
+autocast on accelerators and frame aggregation for image scorers given videos (``video.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from mmalign.errors import InputError
+from mmalign.media import AudioBatch, ImageBatch, VideoBatch
+
+Media = ImageBatch | VideoBatch | AudioBatch
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` → ``cuda`` if available, else ``cpu``."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """Compute dtype: ``None`` → fp32 on CPU, bf16 autocast on CUDA (STYLE §1 rule 6)."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+             "fp16": torch.float16, "float16": torch.float16}
+    if dtype not in table:
+        raise InputError(f"unknown dtype {dtype!r}; use one of {sorted(table)}")
+    return table[dtype]
+
+
+def as_media(media: Media | torch.Tensor) -> Media:
+    """Accept a media batch, or a raw pixel tensor ``[B,3,H,W]`` / ``[B,T,3,H,W]`` (keeps autograd)."""
+    if isinstance(media, (ImageBatch, VideoBatch, AudioBatch)):
+        return media
+    if isinstance(media, torch.Tensor):
+        if media.ndim == 4:
+            return ImageBatch(media)
+        if media.ndim == 5:
+            return VideoBatch(media)
+        raise InputError(f"a raw tensor must be images [B,3,H,W] or videos [B,T,3,H,W]; got shape {tuple(media.shape)} "
+                         "(wrap audio in AudioBatch to give its sample rate)")
+    raise InputError(f"expected ImageBatch, VideoBatch, AudioBatch or a pixel tensor; got {type(media).__name__}")
+
+
+def check_prompts(prompts: str | Sequence[str] | None, n: int, media: Media | None = None, needed: bool = True) -> list[str]:
+    """One prompt per item: a list of ``n`` strings, a single string (used for all items) or the batch's own."""
+    if prompts is None and media is not None:
+        prompts = media.prompts
+    if prompts is None:
+        if needed:
+            raise InputError(f"no prompts: pass prompts= (one per item, {n} items) or a batch that carries .prompts")
+        return [""] * n
+    if isinstance(prompts, str):
+        return [prompts] * n
+    prompts = list(prompts)
+    if len(prompts) != n:
+        raise InputError(f"{len(prompts)} prompts for {n} media items; give exactly one prompt per item (or one string for all)")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise InputError(f"prompt {i} is a {type(p).__name__}, not a string")
+    return prompts
+
+
+class Scorer:
+    """A learned preference scorer, loaded once; see the module docstring.
+
+    Attributes: ``name``, ``modalities`` (what ``score`` accepts; image scorers also accept videos,
+    scored by frame aggregation unless ``native_video``), ``needs_prompts``,
+    ``bt_scale`` (β of ``compare``), ``video_reduce`` / ``video_stride`` (frame aggregation),
+    ``device``, ``dtype`` (compute dtype; autocast when it is not fp32), ``card`` (or None).
+    """
+
+    modalities: tuple[str, ...] = ("image",)
+    needs_prompts: bool = True
+    native_video: bool = False  # False: videos are scored frame by frame (video.py) by an image scorer
+
+    def __init__(self, *, name: str = "scorer", device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
+                 bt_scale: float = 1.0, video_reduce: str = "mean", video_stride: int = 1, card=None):
+        self.name = name
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.bt_scale = float(bt_scale)
+        self.video_reduce = video_reduce
+        self.video_stride = int(video_stride)
+        self.card = card
+
+    # -- what subclasses implement ------------------------------------------------------------
+    def _score_batch(self, media: Media, prompts: list[str]) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement _score_batch")
+
+    def modules(self) -> list[torch.nn.Module]:
+        """The torch modules to move with :meth:`to` (subclasses list theirs)."""
+        return []
+
+    # -- public API ----------------------------------------------------------------------------
+    def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> "Scorer":
+        if device is not None:
+            self.device = resolve_device(device)
+            for m in self.modules():
+                m.to(self.device)
+        if dtype is not None:
+            self.dtype = resolve_dtype(dtype, self.device)
+        return self
+
+    def check_modality(self, media: Media) -> None:
+        if media.modality in self.modalities:
+            return
+        if media.modality == "video" and "image" in self.modalities:
+            return  # frame aggregation
+        raise InputError(f"scorer {self.name!r} scores {'/'.join(self.modalities)}, not {media.modality}; "
+                         f"choose a scorer whose card lists {media.modality!r} in modalities (see mmalign.list_scorers())")
+
+    def score(self, media: Media | torch.Tensor, prompts: str | Sequence[str] | None = None, *, batch_size: int = 32,
+              progress: bool | None = None, differentiable: bool = False) -> torch.Tensor:
+        """Score each item against its prompt → ``Tensor[B]`` (float32, on ``self.device``).
+
+        ``differentiable=True`` keeps the autograd graph so gradients reach the input pixels
+        (reward-gradient methods); otherwise everything runs under ``torch.no_grad``.
+        """
+        media = as_media(media)
+        self.check_modality(media)
+        prompts = check_prompts(prompts, len(media), media, self.needs_prompts)
+        if batch_size < 1:
+            raise InputError(f"batch_size must be ≥ 1, got {batch_size}")
+        if media.modality == "video" and not self.native_video:
+            from mmalign.scoring.video import score_video_frames
+
+            return score_video_frames(self, media, prompts, reduce=self.video_reduce, stride=self.video_stride,
+                                      batch_size=batch_size, progress=progress, differentiable=differentiable)
+        starts = range(0, len(media), batch_size)
+        show = progress if progress is not None else len(media) > 8 * batch_size
+        out = []
+        grad = contextlib.nullcontext() if differentiable else torch.no_grad()
+        with grad, self._autocast():
+            for s in tqdm(starts, desc=f"scoring ({self.name})", disable=not show, unit="batch"):
+                chunk = media[s : s + batch_size].to(self.device)
+                out.append(self._score_batch(chunk, prompts[s : s + batch_size]).float())
+        return torch.cat(out) if out else torch.zeros(0, device=self.device)
+
+    def _autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def compare(self, a: Media | torch.Tensor, b: Media | torch.Tensor, prompts: str | Sequence[str] | None = None,
+                **kw) -> torch.Tensor:
+        """P(a ≻ b) per item, Bradley-Terry on scores: σ(β·(s_a − s_b)), β = ``bt_scale`` (from the card)."""
+        a, b = as_media(a), as_media(b)
+        if len(a) != len(b):
+            raise InputError(f"compare: {len(a)} items in a but {len(b)} in b; pair them one to one")
+        p = check_prompts(prompts, len(a), a, self.needs_prompts)
+        return torch.sigmoid(self.bt_scale * (self.score(a, p, **kw) - self.score(b, p, **kw)))
+
+    def rank(self, groups: Sequence[tuple[Media | torch.Tensor, str]], **kw) -> list[torch.Tensor]:
+        """For each ``(media, prompt)`` group (k candidates for one prompt): indices best first."""
+        orders = []
+        for i, group in enumerate(groups):
+            if not (isinstance(group, tuple) and len(group) == 2 and isinstance(group[1], str)):
+                raise InputError(f"rank: group {i} must be a (media, prompt) tuple, got {type(group).__name__}")
+            media, prompt = group
+            orders.append(torch.argsort(self.score(media, prompt, **kw), descending=True, stable=True))
+        return orders
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, modalities={self.modalities}, device={self.device})"

@@ -1,0 +1,165 @@
+"""CLAP text–audio adherence (transformers ``ClapModel``) for music and sound.
+
+Audio is mixed to mono, resampled to the model's rate (``scipy.signal.resample_poly``; the
+differentiable path uses antialiased linear interpolation in torch, since scipy has no autograd),
+padded/cropped like ``ClapFeatureExtractor`` and turned into the extractor's log-mel spectrogram
+*in torch* (:func:`log_mel`, checked against the extractor in the tests), so scoring is batched
+on the device and gradients can reach the waveform. Score = cos(audio, text) of the projected,
+L2-normalised embeddings (the usual "CLAP score").
+
+Deviations from the extractor, both deterministic on purpose: audio longer than ``max_length_s``
+is cropped to its *first* ``max_length_s`` seconds (the extractor takes a random crop, or random
+crops fused for ``truncation="fusion"``); ``is_longer`` is set for such items.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import gcd
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mmalign.errors import InputError
+from mmalign.media import AudioBatch
+from mmalign.scoring.base import Scorer
+from mmalign.scoring.card import ScorerCard
+
+
+def resample(samples: torch.Tensor, rate: int, target: int) -> torch.Tensor:
+    """``[B, N]`` at ``rate`` → ``[B, N′]`` at ``target`` (N′ = ceil(N·target/rate))."""
+    if rate == target:
+        return samples
+    if samples.requires_grad:
+        n = int(np.ceil(samples.shape[-1] * target / rate))
+        x = samples.reshape(-1, 1, 1, samples.shape[-1])
+        return F.interpolate(x, size=(1, n), mode="bilinear", align_corners=False, antialias=True).reshape(*samples.shape[:-1], n)
+    from scipy.signal import resample_poly
+
+    g = gcd(int(rate), int(target))
+    out = resample_poly(samples.detach().cpu().double().numpy(), target // g, rate // g, axis=-1)
+    return torch.from_numpy(out).to(device=samples.device, dtype=samples.dtype)
+
+
+@dataclass(frozen=True)
+class MelFrontend:
+    """The numbers of a ``ClapFeatureExtractor`` and its filter bank ``[n_freq, n_mels]``."""
+
+    sampling_rate: int
+    fft_window_size: int
+    hop_length: int
+    max_length_s: float
+    filters: torch.Tensor
+    fusion: bool = False
+    padding: str = "repeatpad"
+
+    @classmethod
+    def from_extractor(cls, fe) -> "MelFrontend":
+        fusion = fe.truncation == "fusion"
+        bank = fe.mel_filters if fusion else fe.mel_filters_slaney
+        return cls(int(fe.sampling_rate), int(fe.fft_window_size), int(fe.hop_length), float(fe.max_length_s),
+                   torch.tensor(np.asarray(bank), dtype=torch.float32), fusion, fe.padding)
+
+    @property
+    def max_samples(self) -> int:
+        return int(self.max_length_s * self.sampling_rate)
+
+    def fit_length(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad (repeat then zeros, as ``padding``) or crop ``[B, N]`` to ``max_samples``; also ``is_longer``."""
+        n, m = x.shape[-1], self.max_samples
+        if n > m:
+            return x[:, :m], torch.ones(x.shape[0], 1, dtype=torch.bool, device=x.device)
+        if n < m:
+            if self.padding == "repeatpad":
+                x = x.repeat(1, m // n)
+            elif self.padding == "repeat":
+                x = x.repeat(1, m // n + 1)[:, :m]
+            x = F.pad(x, (0, m - x.shape[-1]))
+        return x, torch.zeros(x.shape[0], 1, dtype=torch.bool, device=x.device)
+
+
+def log_mel(x: torch.Tensor, fe: MelFrontend) -> torch.Tensor:
+    """Log-mel power spectrogram in dB, ``[B, N]`` → ``[B, T, n_mels]`` (HF ``spectrogram`` semantics:
+    periodic Hann, centred frames with reflect padding, power 2, mel floor 1e-10, 10·log10)."""
+    window = torch.hann_window(fe.fft_window_size, periodic=True, device=x.device, dtype=torch.float32)
+    spec = torch.stft(x.float(), fe.fft_window_size, fe.hop_length, window=window, center=True, pad_mode="reflect",
+                      return_complex=True).abs().pow(2)  # [B, F, T]
+    mel = torch.einsum("fm,bft->btm", fe.filters.to(x.device), spec)
+    return 10.0 * torch.log10(mel.clamp(min=1e-10))
+
+
+class ClapScorer(Scorer):
+    """Text–audio cosine of a CLAP model (``formula``: ``cosine`` or ``scaled_cosine`` with logit_scale_a)."""
+
+    modalities = ("audio",)
+
+    def __init__(self, model: nn.Module, tokenizer: Callable, frontend: MelFrontend, *, formula: str = "cosine", **kw):
+        super().__init__(**kw)
+        if formula not in ("cosine", "scaled_cosine"):
+            raise InputError(f"CLAP formula must be 'cosine' or 'scaled_cosine', got {formula!r}")
+        self.model, self.tokenizer, self.frontend, self.formula = model.eval().to(self.device), tokenizer, frontend, formula
+
+    def modules(self) -> list[nn.Module]:
+        return [self.model]
+
+    def features(self, audio: AudioBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model inputs of an audio batch: ``input_features [B, k, T, M]`` and ``is_longer [B, 1]``."""
+        x = resample(audio.samples.mean(dim=1), audio.sample_rate, self.frontend.sampling_rate)
+        x, longer = self.fit_length(x)
+        mel = log_mel(x, self.frontend).unsqueeze(1)
+        if self.frontend.fusion:
+            mel = mel.expand(-1, 4, -1, -1)
+        return mel, longer
+
+    def fit_length(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.frontend.fit_length(x)
+
+    def audio_embeddings(self, audio: AudioBatch) -> torch.Tensor:
+        mel, longer = self.features(audio)
+        out = self.model.get_audio_features(input_features=mel, is_longer=longer)
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    def text_embeddings(self, prompts: list[str]) -> torch.Tensor:
+        unique = list(dict.fromkeys(prompts))
+        tok = self.tokenizer(unique)
+        out = self.model.get_text_features(**{k: v.to(self.device) for k, v in tok.items()})
+        feats = out if isinstance(out, torch.Tensor) else out.pooler_output
+        return feats[torch.tensor([unique.index(p) for p in prompts], device=feats.device)]
+
+    def _score_batch(self, media: AudioBatch, prompts: list[str]) -> torch.Tensor:
+        a = F.normalize(self.audio_embeddings(media).float(), dim=-1)
+        t = F.normalize(self.text_embeddings(prompts).float(), dim=-1)
+        cos = (a * t).sum(-1)
+        return cos if self.formula == "cosine" else self.model.logit_scale_a.exp().float() * cos
+
+
+def build_hf_clap(card: ScorerCard, path: Path | str | None, local_files_only: bool | None = None, **kw) -> ClapScorer:
+    """laion CLAP checkpoints (``ClapModel`` + ``ClapProcessor``) or a shipped synth-clap folder."""
+    from transformers import AutoProcessor, ClapFeatureExtractor, ClapModel
+
+    from mmalign.scoring.weights import is_offline
+
+    offline = is_offline(local_files_only)
+    if path is None:
+        raise InputError(f"scorer {card.name!r}: CLAP scorers need weights (checkpoint.source 'none' is not supported)")
+    folder = Path(path)
+    try:
+        model = ClapModel.from_pretrained(str(folder), local_files_only=offline)
+    except OSError as exc:
+        raise InputError(f"scorer {card.name!r}: cannot load ClapModel from {folder}: {exc}") from exc
+    if card.architecture.tokenizer == "word":
+        from mmalign.scoring.clip import _word_tokenizer
+
+        tokenizer = _word_tokenizer(folder, card).hf
+        fe = ClapFeatureExtractor.from_pretrained(str(folder), local_files_only=True)
+    else:
+        proc = AutoProcessor.from_pretrained(card.architecture.processor or str(folder), local_files_only=offline)
+        fe = proc.feature_extractor
+
+        def tokenizer(texts):
+            return proc.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
+    return ClapScorer(model, tokenizer, MelFrontend.from_extractor(fe), formula=card.score.formula, card=card, **kw)

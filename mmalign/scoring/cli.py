@@ -1,0 +1,149 @@
+"""``mmalign score`` and ``mmalign train-scorer``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mmalign.errors import ConfigError, InputError
+
+_PROMPT_KEYS = ("prompt", "caption", "text")
+_FILE_KEYS = ("file", "path", "media", "image", "video", "audio")
+
+
+def _read_manifest(path: Path) -> dict[str, str]:
+    """``{file name: prompt}`` from a JSONL manifest (keys ``file``/``path``… and ``prompt``/``caption``)."""
+    out = {}
+    for i, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+        f = next((row[k] for k in _FILE_KEYS if k in row), None)
+        p = next((row[k] for k in _PROMPT_KEYS if k in row), None)
+        if not isinstance(f, str) or not isinstance(p, str):
+            raise InputError(f"{path}:{i}: a manifest row needs a file ({'/'.join(_FILE_KEYS)}) and a prompt ({'/'.join(_PROMPT_KEYS)})")
+        out[Path(f).name] = p
+    return out
+
+
+def prompts_for(files: list[Path], every: list[Path], media_dir: Path, prompts_file: Path | None) -> list[str]:
+    """One prompt per loaded file: from ``--prompts-file`` (.txt: one line per media file in sorted
+    order, skipped files included; .jsonl: a manifest) or ``DIR/manifest.jsonl``."""
+    if prompts_file is None:
+        manifest = media_dir / "manifest.jsonl"
+        if not manifest.exists():
+            raise InputError(f"{media_dir}: no prompts; pass --prompts-file or put a manifest.jsonl "
+                             '({"file": "x.png", "prompt": "..."} per line) in the folder')
+        prompts_file = manifest
+    if not prompts_file.exists():
+        raise InputError(f"{prompts_file}: no such prompts file")
+    if prompts_file.suffix == ".jsonl":
+        table = _read_manifest(prompts_file)
+        missing = [f.name for f in files if f.name not in table]
+        if missing:
+            raise InputError(f"{prompts_file}: no prompt for {missing[:5]}{' …' if len(missing) > 5 else ''}")
+        return [table[f.name] for f in files]
+    lines = [ln.strip() for ln in prompts_file.read_text().splitlines() if ln.strip()]
+    if len(lines) != len(every):
+        raise InputError(f"{prompts_file}: {len(lines)} prompts for {len(every)} media files in {media_dir}; give one line per file (sorted by name)")
+    table = dict(zip(sorted(every), lines))
+    return [table[f] for f in files]
+
+
+def _summary(rows: list[dict]) -> str:
+    scores = [r["score"] for r in rows if not math.isnan(r["score"])]
+    n = len(scores)
+    mean = sum(scores) / n if n else math.nan
+    std = math.sqrt(sum((s - mean) ** 2 for s in scores) / n) if n else math.nan
+    lines = [f"{len(rows)} items, mean {mean:.4f}, std {std:.4f}" + (f", {len(rows) - n} NaN" if n < len(rows) else "")]
+    per: dict[str, list[float]] = {}
+    for r in rows:
+        per.setdefault(r["prompt"], []).append(r["score"])
+    for p, v in sorted(per.items(), key=lambda kv: -sum(kv[1]) / len(kv[1])):
+        lines.append(f"  {sum(v) / len(v):9.4f}  (n={len(v)})  {p}")
+    return "\n".join(lines)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    os.replace(tmp, path)
+
+
+def score_folder(scorer_name: str, media_dir: Path, prompts_file: Path | None = None, *, on_error: str = "raise",
+                 batch_size: int = 32, device: str = "auto", progress: bool = True) -> tuple[list[dict], object]:
+    """Load a folder (``mmalign.media.load_folder``), score every file → rows ``{file, prompt, score, scorer}``."""
+    from mmalign.media import load_folder
+    from mmalign.scoring import load_scorer
+
+    scorer = load_scorer(scorer_name, device=device)
+    modality = scorer.modalities[0] if len(scorer.modalities) == 1 else None
+    media, report = load_folder(media_dir, modality, on_error=on_error, progress=progress)
+    files = list(report.loaded)
+    every = sorted(files + [p for p, _ in report.skipped])
+    prompts = prompts_for(files, every, media_dir, prompts_file)
+    scores = scorer.score(media, prompts, batch_size=batch_size, progress=progress)
+    rows = [{"file": f.name, "prompt": p, "score": float(s), "scorer": scorer.name} for f, p, s in zip(files, prompts, scores.tolist())]
+    return rows, report
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``score`` and ``train-scorer`` to the main app."""
+
+    @app.command("score")
+    def score_cmd(
+        scorer: str = typer.Option(..., "--scorer", help="Scorer card name (mmalign.list_scorers()) or card path."),
+        media: Path = typer.Option(..., "--media", help="Folder of images, videos or audio."),
+        prompts_file: Optional[Path] = typer.Option(None, "--prompts-file", help=".txt (one line per file, sorted) or .jsonl manifest; default DIR/manifest.jsonl."),
+        out: Path = typer.Option(Path("scores.jsonl"), "--out", help="Output JSONL (one row per file)."),
+        batch_size: int = typer.Option(32, "--batch-size"),
+        device: str = typer.Option("auto", "--device"),
+        on_error: str = typer.Option("raise", "--on-error", help="'raise' or 'skip' unreadable files."),
+        quiet: bool = typer.Option(False, "--quiet"),
+    ) -> None:
+        """Score a folder of media against prompts; write scores.jsonl and print mean, std, per prompt."""
+        rows, report = score_folder(scorer, media, prompts_file, on_error=on_error, batch_size=batch_size, device=device,
+                                    progress=not quiet)
+        write_jsonl(out, rows)
+        if report.skipped:
+            typer.echo(str(report), err=True)
+        typer.echo(f"{scorer}: {_summary(rows)}\nwrote {out}")
+
+    @app.command("train-scorer")
+    def train_cmd(
+        base: str = typer.Option(..., "--base", help="Card of the open_clip-family scorer to start from (e.g. synth-hps)."),
+        data: Path = typer.Option(..., "--data", help="Pairs: Pick-a-Pic parquet (jpg_0, jpg_1, label_0, caption) or JSONL {prompt, a, b, label}."),
+        out: Path = typer.Option(..., "--out", help="Output folder (weights, config, card.yaml, report)."),
+        eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Held-out pairs (same formats)."),
+        steps: int = typer.Option(500, "--steps"),
+        batch_size: int = typer.Option(32, "--batch-size"),
+        lr: float = typer.Option(1e-4, "--lr"),
+        seed: int = typer.Option(0, "--seed"),
+        device: str = typer.Option("auto", "--device"),
+        quiet: bool = typer.Option(False, "--quiet"),
+    ) -> None:
+        """HPS-style training (cross-entropy over a prompt's images, soft labels, ties = 0.5)."""
+        from mmalign.scoring.train import evaluate_pairs, read_pairs, save_trained, train_scorer
+        from mmalign.scoring import load_scorer
+
+        scorer = load_scorer(base, device=device)
+        if scorer.card is None or scorer.card.architecture.family != "open_clip":
+            raise ConfigError(f"train-scorer: {base!r} is not an open_clip-family scorer; start from e.g. synth-hps or hpsv2.1")
+        pairs = read_pairs(data)
+        held = read_pairs(eval_data) if eval_data else None
+        train_scorer(scorer, pairs, steps=steps, batch_size=batch_size, lr=lr, seed=seed, progress=not quiet,
+                     log=typer.echo, log_every=max(1, steps // 10))
+        report = {"train_pairs": len(pairs), "steps": steps, **(evaluate_pairs(scorer, held) if held else {})}
+        save_trained(scorer, out, report)
+        typer.echo(json.dumps(report) + f"\nwrote {out} (load it with load_scorer('{out / 'card.yaml'}'))")

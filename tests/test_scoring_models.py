@@ -1,0 +1,228 @@
+"""PickScore (S10), LAION aesthetic (S11 incl. the negative test), CLAP, combine, CLI, training."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from _scoring_tiny import TINY_CFG, TINY_VIT, tiny_hps
+from mmalign.errors import ConfigError, InputError
+from mmalign.media import AudioBatch, ImageBatch
+from mmalign.scoring.preprocess import ImagePreprocess
+from mmalign.scoring.tokenizer import WordTokenizer
+
+torch.set_num_threads(1)
+WORDS = ["a", "red", "blue", "circle", "square", "fast", "slow", "melody"]
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("MMALIGN_WEIGHTS_DIR", str(tmp_path / "weights"))
+
+
+def tiny_pickscore():
+    from transformers import CLIPConfig, CLIPModel
+
+    from mmalign.scoring.clip import ClipScorer
+
+    tok = WordTokenizer(WORDS)
+    torch.manual_seed(0)
+    cfg = CLIPConfig(text_config=dict(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, max_position_embeddings=16, eos_token_id=tok.eot_id),
+                     vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                        image_size=32, patch_size=8), projection_dim=16)
+    return ClipScorer(CLIPModel(cfg), tok.hf, ImagePreprocess("center_crop", 32), backend="hf", formula="scaled_cosine")
+
+
+def test_s10_pickscore_scaled_cosine_and_probabilities():
+    import torch.nn.functional as F
+
+    s = tiny_pickscore()
+    x = torch.rand(4, 3, 40, 48)
+    scores = s.score(x, "a red circle")
+    with torch.no_grad():
+        img = F.normalize(s.model.get_image_features(pixel_values=s.preprocess(x)).pooler_output, dim=-1)
+        txt = F.normalize(s.model.get_text_features(**s.tokenizer(["a red circle"])).pooler_output, dim=-1)
+    expect = s.model.logit_scale.exp() * (img @ txt.T).squeeze(1)
+    assert torch.allclose(scores, expect, atol=1e-5)
+    assert not torch.allclose(scores, (img @ txt.T).squeeze(1))  # not the unscaled cosine (t2v_metrics)
+    probs = s.probs(x, "a red circle")
+    assert float(probs.sum()) == pytest.approx(1.0, abs=1e-6)
+    assert torch.allclose(s.compare(x[:1], x[1:2], "a red circle"), probs[:2].softmax(0)[:1] * 0 + torch.softmax(scores[:2], 0)[:1])
+
+
+def test_s11_aesthetic_head_uses_l2_normalised_embedding_negative_test():
+    from mmalign.scoring.clip import AestheticMLP, ClipScorer, aesthetic_score
+
+    torch.manual_seed(0)
+    head = AestheticMLP(16).eval()
+    base = tiny_hps()
+    s = ClipScorer(base.model, base.tokenizer, base.preprocess, formula="aesthetic_mlp", head=head)
+    x = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        emb = base.image_features(base.preprocess(x))
+        ours = s.score(x)                                    # prompts not needed
+        assert torch.allclose(ours, aesthetic_score(emb, head), atol=1e-6)
+        # scale the embedding (as an unnormalised CLIP feature of norm ~20 would be): the proper
+        # score is unchanged, the unnormalised one (LAION-AI/aesthetic-predictor #5) is not
+        big = emb * 20.0 / emb.norm(dim=-1, keepdim=True)
+        assert torch.allclose(aesthetic_score(big, head), ours, atol=1e-5)
+        wrong = aesthetic_score(big, head, normalize=False)
+        assert (wrong - ours).abs().min() > 1e-3
+        # the head is affine (no activations): score(αx + (1−α)y) = α·score(x) + (1−α)·score(y)
+        u, v = torch.randn(1, 16), torch.randn(1, 16)
+        lin = head(0.3 * u + 0.7 * v) - (0.3 * head(u) + 0.7 * head(v))
+        assert float(lin.abs().max()) < 1e-5
+    assert len([m for m in head.layers if isinstance(m, torch.nn.Linear)]) == 5
+
+
+# -- CLAP -------------------------------------------------------------------------------------------
+def tiny_clap():
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
+
+    from mmalign.scoring.clap import ClapScorer, MelFrontend
+    from mmalign.scoring.train_synth import clap_configs
+
+    tok = WordTokenizer(WORDS)
+    cfg, fe_kw = clap_configs(tok)
+    torch.manual_seed(0)
+    fe = ClapFeatureExtractor(**fe_kw)
+    return ClapScorer(ClapModel(ClapConfig(**cfg)), tok.hf, MelFrontend.from_extractor(fe)), fe
+
+
+def test_clap_torch_log_mel_matches_the_feature_extractor():
+    from mmalign.scoring.clap import log_mel
+
+    s, fe = tiny_clap()
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-0.5, 0.5, (2, 11000)).astype(np.float32)  # shorter than 1 s → repeatpad
+    ref = fe(list(x), sampling_rate=16000, return_tensors="pt")["input_features"]
+    padded, longer = s.frontend.fit_length(torch.from_numpy(x))
+    ours = log_mel(padded, s.frontend).unsqueeze(1)
+    assert ours.shape == ref.shape and not longer.any()
+    assert torch.allclose(ours, ref.float(), atol=2e-3), (ours - ref).abs().max()
+
+
+def test_clap_scores_audio_resamples_and_is_differentiable():
+    from mmalign.scoring.clap import resample
+
+    s, _ = tiny_clap()
+    t = torch.arange(44100) / 44100
+    tone = torch.sin(2 * torch.pi * 440 * t)[None]
+    r = resample(tone, 44100, 16000)
+    assert r.shape[-1] == 16000
+    spec = torch.fft.rfft(r[0]).abs()
+    assert abs(int(spec.argmax()) - 440) <= 1  # 1 s of audio: bin = Hz
+    audio = AudioBatch(torch.stack([tone, tone * 0.5]).repeat(1, 2, 1), sample_rate=44100)  # stereo → mono
+    sc = s.score(audio, ["a fast melody", "a slow melody"])
+    assert sc.shape == (2,) and torch.isfinite(sc).all()
+    wav = (torch.rand(1, 1, 16000) - 0.5).requires_grad_(True)
+    s.score(AudioBatch(wav, sample_rate=16000), "a melody", differentiable=True).sum().backward()
+    assert wav.grad is not None and wav.grad.abs().sum() > 0
+    with pytest.raises(InputError, match="scores audio"):
+        s.score(ImageBatch(torch.rand(1, 3, 8, 8)), "a")
+
+
+# -- combine ------------------------------------------------------------------------------------------
+def test_combine_per_prompt_normalisation_weights_and_thresholds():
+    from mmalign.scoring import combine
+    from mmalign.scoring.combine import zscore_per_prompt
+
+    a, b = tiny_hps(seed=1, name="a"), tiny_hps(seed=2, name="b")
+    x = torch.rand(4, 3, 32, 32)
+    p = ["p", "p", "q", "q"]
+    c = combine({a: 1.0, b: 0.5})
+    sa, sb = a.score(x, p), b.score(x, p)
+    expect = zscore_per_prompt(sa, p) + 0.5 * zscore_per_prompt(sb, p)
+    assert torch.allclose(c.score(x, p), expect, atol=1e-5)
+    assert torch.allclose(zscore_per_prompt(sa, p)[:2].sum(), torch.zeros(()), atol=1e-5)
+    thr = float(sa.min())  # cap "a" at its minimum → it stops contributing differences
+    capped = combine({a: 1.0, b: 0.5}, thresholds={"a": thr}).score(x, p)
+    assert torch.allclose(capped, 0.5 * zscore_per_prompt(sb, p), atol=1e-5)
+    with pytest.raises(InputError, match="≥ 2 items per prompt"):
+        c.score(x, ["p", "q", "r", "r"])
+    with pytest.raises(ConfigError):
+        combine({a: 1.0}, normalize="softmax")
+    with pytest.raises(ConfigError, match="thresholds"):
+        combine({a: 1.0}, thresholds={"zzz": 0.1})
+
+
+# -- CLI and training ----------------------------------------------------------------------------------
+SMALL_CFG = {**TINY_CFG, "vision_cfg": {**TINY_CFG["vision_cfg"], "image_size": 32, "patch_size": 8}}
+
+
+def _tiny_card(tmp_path, small: bool = False) -> str:
+    card = tmp_path / "tiny.yaml"
+    arch, cfg, size = (TINY_VIT + "-32", SMALL_CFG, 32) if small else (TINY_VIT, TINY_CFG, 224)
+    card.write_text(f"""name: tiny-hps
+description: test
+architecture: {{family: open_clip, model: {arch}, tokenizer: open_clip, config: {json.dumps(cfg)}}}
+checkpoint: {{source: none}}
+preprocessing: {{kind: letterbox, size: {size}}}
+score: {{formula: cosine, bt_scale: 100.0}}
+modalities: [image, video]
+license: test
+paper: test
+""")
+    return str(card)
+
+
+def test_cli_score_folder_skips_bad_files_and_writes_jsonl(tmp_path):
+    import typer
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from mmalign.scoring.cli import register
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((20, 20, 3), 60 * i, np.uint8)).save(d / f"{i}.png")
+    (d / "3.png").write_bytes(b"not a png")
+    (d / "manifest.jsonl").write_text("".join(json.dumps({"file": f"{i}.png", "prompt": f"p{i % 2}"}) + "\n" for i in range(4)))
+    app = typer.Typer()
+    register(app)
+    out = tmp_path / "scores.jsonl"
+    args = ["score", "--scorer", _tiny_card(tmp_path), "--media", str(d), "--out", str(out), "--quiet", "--device", "cpu"]
+    res = CliRunner().invoke(app, args + ["--on-error", "skip"])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    assert [r["file"] for r in rows] == ["0.png", "1.png", "2.png"] and rows[1]["prompt"] == "p1"
+    assert "mean" in res.output and "p0" in res.output
+    res = CliRunner().invoke(app, args)
+    assert isinstance(res.exception, InputError) and "3.png" in str(res.exception)
+    (d / "3.png").unlink()
+    (d / "manifest.jsonl").unlink()
+    res = CliRunner().invoke(app, args)
+    assert isinstance(res.exception, InputError) and "--prompts-file" in str(res.exception)
+    txt = tmp_path / "prompts.txt"
+    txt.write_text("a\nb\n")
+    res = CliRunner().invoke(app, args + ["--prompts-file", str(txt)])
+    assert isinstance(res.exception, InputError) and "2 prompts for 3 media files" in str(res.exception)
+
+
+def test_train_scorer_learns_a_preference_and_saves_a_loadable_card(tmp_path):
+    from mmalign.scoring import load_scorer
+    from mmalign.scoring.train import PairSet, evaluate_pairs, save_trained, train_scorer
+
+    scorer = load_scorer(_tiny_card(tmp_path, small=True), device="cpu")
+    g = torch.Generator().manual_seed(0)
+    bright = torch.rand(32, 3, 32, 32, generator=g) * 0.3 + 0.7
+    dark = torch.rand(32, 3, 32, 32, generator=g) * 0.3
+    lab = (torch.arange(32) % 2).float()  # alternate which side is the bright one
+    a = torch.where(lab.view(-1, 1, 1, 1) == 1, bright, dark)
+    b = torch.where(lab.view(-1, 1, 1, 1) == 1, dark, bright)
+    pairs = PairSet(ImageBatch(a), ImageBatch(b), ["a bright image"] * 32, lab)
+    before = evaluate_pairs(scorer, pairs)["pooled_accuracy"]
+    losses = train_scorer(scorer, pairs, steps=20, batch_size=16, lr=3e-3, progress=False, log=lambda s: None, log_every=0)
+    after = evaluate_pairs(scorer, pairs)["pooled_accuracy"]
+    assert after >= 0.9 and sum(losses[-5:]) < sum(losses[:5]), (before, after)
+    save_trained(scorer, tmp_path / "out", {"pooled_accuracy": after})
+    again = load_scorer(tmp_path / "out" / "card.yaml", device="cpu")
+    assert torch.allclose(again.score(a[:4], "a bright image"), scorer.score(a[:4], "a bright image"), atol=1e-5)
+    with pytest.raises(InputError, match="labels must be in"):
+        PairSet(ImageBatch(a), ImageBatch(b), ["x"] * 32, lab * 2)
