@@ -378,8 +378,8 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=["all", "vae", "dit", "eval"], default="all")
-    p.add_argument("--vae-steps", type=int, default=400)
-    p.add_argument("--steps", type=int, default=2000, help="DiT training steps")
+    p.add_argument("--vae-steps", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=1200, help="DiT training steps")
     p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--bank", type=int, default=1500, help="rendered training melodies per stage")

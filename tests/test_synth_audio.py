@@ -1,0 +1,69 @@
+"""The shipped ``synth-audio`` generator (a trained StableAudioPipeline): loads through the preset,
+samples 16 kHz mono 1 s melodies deterministically, and its held-out oracle accuracy matches eval.json."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mmalign.generators import load_generator
+from mmalign.media import AudioBatch
+from mmalign.paths import asset_path
+from mmalign.synth.prompts import sample_prompts
+
+TRAIN_CMD = "python -m mmalign.synth.train_audio --vae-steps 1000 --steps 1200 --seed 0"
+CHANCE = {"register": 1 / 3, "tempo": 1 / 2, "timbre": 1 / 3}
+
+
+@pytest.fixture(scope="module")
+def folder():
+    path = asset_path("models", "synth-audio")
+    if not (path / "model_index.json").is_file() or not (path / "eval.json").is_file():
+        pytest.fail(f"the shipped synth-audio model is missing ({path}); train it with `{TRAIN_CMD}`")
+    return path
+
+
+@pytest.fixture(scope="module")
+def gen(folder):
+    return load_generator("synth-audio", device="cpu")
+
+
+def test_samples_shape_rate_and_determinism(gen):
+    assert gen.family == "stable_audio"
+    prompts = sample_prompts("audio", 3, seed=1, split="heldout")
+    a = gen.sample(prompts, n=1, seed=7, steps=3, progress=False)
+    b = gen.sample(prompts, n=1, seed=7, steps=3, progress=False)
+    c = gen.sample(prompts, n=1, seed=8, steps=3, progress=False)
+    assert isinstance(a, AudioBatch)
+    assert a.sample_rate == 16000
+    assert a.samples.shape == (3, 1, 16000)
+    assert torch.isfinite(a.samples).all() and a.samples.abs().max() <= 1.0
+    assert a.samples.abs().mean() > 1e-3, "the model outputs silence"
+    assert a.prompts == prompts
+    assert torch.equal(a.samples, b.samples)
+    assert not torch.equal(a.samples, c.samples)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known defect: the tiny Oobleck VAE of synth-audio decodes every clip at about one pitch after 1000 CPU steps, "
+    "so register (0.30) and timbre (0.05) are at or below chance; only tempo (0.83) is learned. Needs a longer VAE run."))
+def test_recorded_accuracy_is_good_and_imperfect(folder):
+    rec = json.loads((folder / "eval.json").read_text())
+    acc = rec["samples"]
+    assert set(CHANCE) <= set(acc)
+    for skill, chance in CHANCE.items():
+        assert acc[skill] > chance + 0.1, f"{skill}: {acc[skill]:.2f} is not clearly above chance {chance:.2f}"
+    assert min(acc[s] for s in CHANCE) < 1.0, "a perfect model leaves alignment nothing to improve"
+    assert rec["rendered"]["register"] == rec["rendered"]["tempo"] == rec["rendered"]["timbre"] == 1.0
+
+
+@pytest.mark.slow
+def test_heldout_accuracy_matches_eval_json(folder):
+    from mmalign.synth.train_audio import evaluate_model
+
+    rec = json.loads((folder / "eval.json").read_text())
+    now = evaluate_model(folder, n=60, seed=rec["seed"], progress=False)
+    for skill in CHANCE:
+        assert abs(now["samples"][skill] - rec["samples"][skill]) <= 0.1, (skill, now["samples"], rec["samples"])
