@@ -557,8 +557,8 @@ def train(
             stopped = reason
             break
     bar.close()
-    if state["best_step"] is not None and stopped == "early_stopping":
-        _load_best(out, params)
+    if state["best_step"] is not None and state["best_step"] != step:
+        _load_best(out, params)  # with early stopping configured, the best evaluated weights are kept
     final = _write_final(out, recipe, denoiser, params, lora_config) if accelerator.is_main_process else out / "final"
     log.close()
     return TrainResult(out, final, step, stopped, state["best_step"], last, state["eval_history"])
