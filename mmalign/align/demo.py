@@ -37,8 +37,8 @@ class DemoConfig:
     scorer: str = "synth-hps"
     recipe: str = "synth-diffusion-dpo"
     train_prompts: int = 192
-    k: int = 4
-    val_prompts: int = 48
+    k: int = 8
+    val_prompts: int = 32
     eval_prompts: int = 256
     annotators: int = 5
     batch_size: int = 32
