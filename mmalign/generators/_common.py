@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mmalign.errors import ConfigError, InputError
+from mmalign.devices import resolve_device, resolve_dtype  # noqa: F401  (re-exported)
 from mmalign.generators.base import Cond, DiffusionAdapter, Generator
 from mmalign.media import AudioBatch, ImageBatch, Media, VideoBatch
 
@@ -30,27 +31,6 @@ LORA_ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 # --- devices, seeds, prompts -------------------------------------------------------------------
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """fp32 on CPU; bf16 on CUDA where supported, else fp16 (STYLE §1.6)."""
-    if dtype is None:
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-             "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-    if dtype not in names:
-        raise ConfigError(f"dtype {dtype!r} is not one of {sorted(names)}")
-    return names[dtype]
 
 
 def item_seeds(seed: int, count: int) -> list[int]:

@@ -15,29 +15,10 @@ import torch
 from tqdm.auto import tqdm
 
 from mmalign.errors import InputError
+from mmalign.devices import resolve_device, resolve_dtype  # noqa: F401  (re-exported)
 from mmalign.media import AudioBatch, ImageBatch, VideoBatch
 
 Media = ImageBatch | VideoBatch | AudioBatch
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` → ``cuda`` if available, else ``cpu``."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """Compute dtype: ``None`` → fp32 on CPU, bf16 autocast on CUDA (STYLE §1 rule 6)."""
-    if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-             "fp16": torch.float16, "float16": torch.float16}
-    if dtype not in table:
-        raise InputError(f"unknown dtype {dtype!r}; use one of {sorted(table)}")
-    return table[dtype]
 
 
 def as_media(media: Media | torch.Tensor) -> Media:

@@ -25,7 +25,7 @@ from scipy import ndimage
 
 from mmalign.errors import InputError
 from mmalign.media import AudioBatch, ImageBatch, Media, VideoBatch
-from mmalign.synth.prompts import BACKGROUND, COLORS, DIRECTIONS, REGISTERS, RELATIONS, TEMPOS, Spec, parse_prompt
+from mmalign.synth.prompts import BACKGROUND, COLORS, DIRECTIONS, RELATIONS, TEMPOS, Spec, parse_prompt
 
 _NAMES = ("background", *COLORS)
 _PALETTE = np.asarray([BACKGROUND, *COLORS.values()], np.float32)  # [6, 3]

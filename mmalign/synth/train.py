@@ -20,7 +20,6 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -235,6 +234,18 @@ class ResumableStage:
         return stop
 
 
+    def run(self, unet, tok, te1, te2, alphas: torch.Tensor, latents: torch.Tensor, prompts: list[str],
+            steps: int, batch: int, desc: str) -> None:
+        """Train on random batches of ``latents`` with :func:`epsilon_loss` until ``steps`` (or STOP)."""
+        bar = tqdm(range(self.step, steps), desc=desc, mininterval=5, initial=self.step, total=steps)
+        for _ in bar:
+            idx = torch.randint(0, len(latents), (batch,), generator=self.rng)
+            loss = epsilon_loss(unet, tok, te1, te2, alphas, latents[idx], [prompts[i] for i in idx], self.rng)
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            if self.update(loss, steps):
+                break
+
+
 def epsilon_loss(unet, tok, te1, te2, alphas: torch.Tensor, x0: torch.Tensor, prompts: list[str],
                  g: torch.Generator) -> torch.Tensor:
     """SDXL's epsilon objective on a batch of latents ``x0`` (images ``[B,C,h,w]`` or videos ``[B,C,T,h,w]``),
@@ -278,14 +289,7 @@ def train_sdxl_unet(
     latents = _encode_bank(vae, images)
     del images
     stage = ResumableStage(out / "unet_state.pt", torch.nn.ModuleList([unet, te1, te2]), lr, 200, seed, ema_decay, 500, log)
-    g = stage.rng
-    bar = tqdm(range(stage.step, steps), desc="unet", mininterval=5, initial=stage.step, total=steps)
-    for _ in bar:
-        idx = torch.randint(0, len(latents), (batch,), generator=g)
-        loss = epsilon_loss(unet, tok, te1, te2, scheduler.alphas_cumprod, latents[idx], [prompts[i] for i in idx], g)
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        if stage.update(loss, steps):
-            break
+    stage.run(unet, tok, te1, te2, scheduler.alphas_cumprod, latents, prompts, steps, batch, "unet")
     unet, te1, te2 = stage.ema
     assemble_sdxl(out, vae, te1, te2, tok, unet, scheduler)
 
@@ -349,14 +353,7 @@ def train_video(out: Path, image_pipeline: Path, steps: int, seed: int, batch: i
     stage = ResumableStage(out / "video_state.pt", torch.nn.ModuleList([unet, te1, te2]), lr, 100, seed, ema_decay,
                            250, log)
     log(json.dumps({"video_trainable_params": sum(p.numel() for p in stage.params)}))
-    g = stage.rng
-    bar = tqdm(range(stage.step, steps), desc="video", mininterval=5, initial=stage.step, total=steps)
-    for _ in bar:
-        idx = torch.randint(0, len(latents), (batch,), generator=g)
-        loss = epsilon_loss(unet, tok, te1, te2, scheduler.alphas_cumprod, latents[idx], [prompts[i] for i in idx], g)
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        if stage.update(loss, steps):
-            break
+    stage.run(unet, tok, te1, te2, scheduler.alphas_cumprod, latents, prompts, steps, batch, "video")
     unet, te1, te2 = stage.ema
     pipe = AnimateDiffSDXLPipeline(
         vae=vae, text_encoder=te1.eval(), text_encoder_2=te2.eval(), tokenizer=tok, tokenizer_2=tok,
