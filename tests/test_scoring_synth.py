@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -54,3 +56,15 @@ def test_synth_clap_loads_and_prefers_clean_audio():
     noise = 0.15 * torch.randn(clean.samples.shape, generator=torch.Generator().manual_seed(0))
     noisy = AudioBatch((clean.samples + noise).clamp(-1, 1), sample_rate=clean.sample_rate)
     assert float((s.score(clean, prompts) > s.score(noisy, prompts)).float().mean()) >= 0.9
+
+
+def test_train_synth_hps_mixes_generated_groups_and_reports_them(tmp_path):
+    """HPD v2-style data: rendered groups plus groups sampled from the shipped generator, each evaluated."""
+    from mmalign.scoring.train_synth import run
+
+    report = run("synth-hps", tmp_path / "hps", n_train=6, n_eval=5, k=4, steps=3, batch_size=8, label_annotators=2,
+                 generator="synth-sdxl", n_generated=4, log=lambda s: None)
+    assert report["train_pairs"] == (6 + 4) * 6 and report["heldout_pairs"] == 5 * 6
+    gen = report["generated"]
+    assert gen["heldout_pairs"] == 5 * 6 and 0.0 <= gen["pooled_accuracy"] <= 1.0 and 0.0 < gen["annotator_ceiling"] <= 1.0
+    assert json.loads((tmp_path / "hps" / "train_report.json").read_text())["generated"] == gen

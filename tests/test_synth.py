@@ -7,7 +7,7 @@ import torch
 
 from mmalign.errors import InputError
 from mmalign.media import AudioBatch, ImageBatch, VideoBatch
-from mmalign.synth.annotators import Annotator, agreement, make_rankings, write_pickapic_parquet
+from mmalign.synth.annotators import Annotator, agreement, make_rankings, panel_votes, write_pickapic_parquet
 from mmalign.synth.oracle import evaluate, find_blobs
 from mmalign.synth.prompts import (
     SKILLS,
@@ -130,6 +130,18 @@ def test_annotators_bradley_terry_ties_and_ceiling():
     quiet = Annotator(seed=0, noise=0.0)
     assert (quiet.choose(good, good, prompts) == 0.5).all()
     assert Annotator(seed=3).choose(good, bad, prompts).tolist() == Annotator(seed=3).choose(good, bad, prompts).tolist()
+
+
+def test_panel_votes_are_the_panel_members_choices():
+    prompts = sample_prompts("image", 40, seed=6)
+    good = render(prompts, seed=1)
+    bad = ImageBatch((good.pixels + 0.2 * torch.randn_like(good.pixels)).clamp(0, 1))
+    votes = panel_votes(good, bad, prompts, annotators=3, seed=7)
+    assert votes.shape == (3, 40)
+    for j in range(3):  # rater j is Annotator(seed + 100 + j), judging with its own noise
+        assert votes[j].tolist() == Annotator(seed=107 + j).choose(good, bad, prompts).tolist()
+    with pytest.raises(InputError, match="all must match"):
+        panel_votes(good, bad[:39], prompts, annotators=2)
 
 
 def test_rankings_and_parquet(tmp_path):

@@ -74,7 +74,7 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def compare_models(base, aligned, prompts: list[str], scorer, annotators: int, seed: int) -> dict[str, Any]:
     """Paired comparison of two media batches made for the same prompts with the same seeds."""
-    from mmalign.synth.annotators import Annotator
+    from mmalign.synth.annotators import panel_votes
     from mmalign.synth.oracle import evaluate
 
     report: dict[str, Any] = {"n": len(prompts)}
@@ -100,7 +100,7 @@ def compare_models(base, aligned, prompts: list[str], scorer, annotators: int, s
     report["oracle"]["quality"] = {"base": bootstrap_ci(qb, seed=seed), "aligned": bootstrap_ci(qa, seed=seed),
                                    "delta": bootstrap_ci(qa - qb, seed=seed), "n": len(prompts)}
     # a panel of simulated annotators judges each pair (aligned vs base); ties count one half
-    votes = np.stack([Annotator(seed=seed + 100 + j).choose(aligned, base, prompts).numpy() for j in range(annotators)])
+    votes = panel_votes(aligned, base, prompts, annotators, seed)
     report["win_rate"] = bootstrap_ci(votes.mean(0), seed=seed)
     report["win_rate_votes"] = {"wins": int((votes == 1).sum()), "ties": int((votes == 0.5).sum()),
                                 "losses": int((votes == 0).sum())}

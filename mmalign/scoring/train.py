@@ -50,6 +50,12 @@ class PairSet:
     def __len__(self) -> int:
         return len(self.prompts)
 
+    @classmethod
+    def cat(cls, sets: Sequence["PairSet"]) -> "PairSet":
+        """One PairSet holding the pairs of ``sets`` in order."""
+        return cls(type(sets[0].a).cat([s.a for s in sets]), type(sets[0].b).cat([s.b for s in sets]),
+                   [p for s in sets for p in s.prompts], torch.cat([s.labels for s in sets]))
+
 
 def rankings_to_pairs(group: Media, prompt: str, ranks: Sequence[float]) -> PairSet:
     """All n(n−1)/2 pairs of one ranked group (lower rank = better; equal ranks = tie)."""

@@ -6,13 +6,18 @@
 Data: prompts of the train split; for each, ``k`` candidates rendered by ``mmalign.synth.render``
 and *corrupted* so faithfulness and quality vary — half are renders of a near-miss prompt (one
 color / shape / relation / count / tempo / register / timbre word swapped, or another prompt), and
-each gets Gaussian noise and (images) blur with random strength. Every pair within a prompt's
-group is labelled by a simulated annotator (``mmalign.synth.annotators.Annotator``), ties included.
+each gets Gaussian noise and (images) blur with random strength. As HPD v2 collects images *from
+the generators* its scorer will judge, ``--generator`` adds groups of ``k`` samples of a shipped
+generator (``synth-sdxl`` for synth-hps) on other train prompts: their differences (a wrong count,
+a swapped relation, a smeared shape) are the ones alignment has to see. Every pair within a
+prompt's group is labelled by simulated annotators (``mmalign.synth.annotators.Annotator``), ties
+included.
 
 Evaluation on *held-out prompts*: the scorer's pooled pairwise accuracy against annotator 1's
 labels, next to the **annotator ceiling** = agreement of an independent annotator 2 with annotator 1
 on the same pairs (both over non-tied pairs); likewise the HPD v2 inversion metric against
-annotator 1's rankings with annotator 2's rankings as the ceiling.
+annotator 1's rankings with annotator 2's rankings as the ceiling. With ``--generator``, the same
+pooled accuracy and ceiling are reported separately on held-out groups of generated samples.
 
 Architectures (tiny on purpose, documented in the cards):
 * synth-hps — open_clip ``CLIP``: ViT 32 px, patch 4 (64 tokens), width 64, 3 layers, 2 heads; text
@@ -138,6 +143,16 @@ def make_groups(modality: str, n_prompts: int, k: int, seed: int, split: str):
     return batch, prompts
 
 
+def generated_groups(generator: str, n_prompts: int, k: int, seed: int, split: str, modality: str = "image"):
+    """``n_prompts`` groups of ``k`` samples of a shipped generator: (flat media [n·k], prompts [n])."""
+    from mmalign.generators import load_generator
+    from mmalign.synth.prompts import sample_prompts
+
+    prompts = sample_prompts(modality, n_prompts, seed=seed, split=split)
+    media = load_generator(generator).sample(prompts, n=k, seed=seed, batch_size=64, progress=False)
+    return media, prompts
+
+
 def group_pairs(media, prompts: list[str], k: int, annotators):
     """All within-group pairs, labelled by each annotator → (PairSet of annotator 0, [labels per annotator])."""
     from mmalign.scoring.train import PairSet
@@ -181,9 +196,10 @@ def save_synth_clap(scorer, fe, tokenizer: WordTokenizer, out: Path) -> None:
 
 # -- main ---------------------------------------------------------------------------------------------
 def run(scorer_name: str, out: Path, seed: int = 0, n_train: int = 600, n_eval: int = 150, k: int = 4, steps: int = 1500,
-        batch_size: int = 64, lr: float = 5e-4, label_annotators: int = 1, log=print) -> dict:
+        batch_size: int = 64, lr: float = 5e-4, label_annotators: int = 1, generator: str | None = None,
+        n_generated: int = 600, log=print) -> dict:
     from mmalign.scoring.metrics import hpdv2_accuracy, inversion_score
-    from mmalign.scoring.train import evaluate_pairs, train_scorer
+    from mmalign.scoring.train import PairSet, evaluate_pairs, train_scorer
     from mmalign.synth.annotators import Annotator, agreement
     from mmalign.synth.prompts import VOCABULARY
 
@@ -194,10 +210,20 @@ def run(scorer_name: str, out: Path, seed: int = 0, n_train: int = 600, n_eval: 
     train_media, train_prompts = make_groups(modality, n_train, k, seed, "train")
     # training labels: the mean vote of ``label_annotators`` independent annotators (HPD v2 also pools
     # several raters per comparison); evaluation always uses single-annotator labels
-    train_pairs, votes = group_pairs(train_media, train_prompts, k, [Annotator(seed=seed + 1 + i) for i in range(label_annotators)])
+    label_panel = [Annotator(seed=seed + 1 + i) for i in range(label_annotators)]
+    train_pairs, votes = group_pairs(train_media, train_prompts, k, label_panel)
     train_pairs.labels = torch.stack(votes).mean(0)
-    eval_media, eval_prompts = make_groups(modality, n_eval, k, seed + 1000, "heldout")
     ann1, ann2 = Annotator(seed=seed + 101), Annotator(seed=seed + 202)
+    gen_eval = None
+    if generator:
+        g_media, g_prompts = generated_groups(generator, n_generated, k, seed + 2, "train", modality)
+        g_pairs, g_votes = group_pairs(g_media, g_prompts, k, label_panel)
+        g_pairs.labels = torch.stack(g_votes).mean(0)
+        train_pairs = PairSet.cat([train_pairs, g_pairs])
+        ge_media, ge_prompts = generated_groups(generator, n_eval, k, seed + 1002, "heldout", modality)
+        gen_eval, (gl1, gl2) = group_pairs(ge_media, ge_prompts, k, [ann1, ann2])
+        gen_eval.labels = gl1
+    eval_media, eval_prompts = make_groups(modality, n_eval, k, seed + 1000, "heldout")
     eval_pairs, (l1, l2) = group_pairs(eval_media, eval_prompts, k, [ann1, ann2])
     groups = [eval_media[g * k:(g + 1) * k] for g in range(n_eval)]
     rank1 = [_ranks(ann1.rank(g, p)) for g, p in zip(groups, eval_prompts)]
@@ -211,12 +237,16 @@ def run(scorer_name: str, out: Path, seed: int = 0, n_train: int = 600, n_eval: 
         scorer, fe = build_synth_clap(tok, seed)
 
     def eval_fn() -> dict:
-        return evaluate_pairs(scorer, eval_pairs.__class__(eval_pairs.a, eval_pairs.b, eval_pairs.prompts, l1))
+        m = evaluate_pairs(scorer, eval_pairs.__class__(eval_pairs.a, eval_pairs.b, eval_pairs.prompts, l1))
+        if gen_eval is not None:
+            m["generated_pooled_accuracy"] = evaluate_pairs(scorer, gen_eval)["pooled_accuracy"]
+        return m
 
     train_scorer(scorer, train_pairs, steps=steps, batch_size=batch_size, lr=lr, seed=seed, progress=False, log=log,
                  log_every=max(1, steps // 10), eval_fn=eval_fn)
     scorer.model.eval()
-    acc = eval_fn()["pooled_accuracy"]
+    final = eval_fn()
+    acc = final["pooled_accuracy"]
     ceiling = agreement(l1, l2)
     preds = [scorer.score(g, p, progress=False).tolist() for g, p in zip(groups, eval_prompts)]
     inv = hpdv2_accuracy(preds, rank1)
@@ -230,6 +260,16 @@ def run(scorer_name: str, out: Path, seed: int = 0, n_train: int = 600, n_eval: 
         "hpdv2_inversion": inv, "hpdv2_inversion_ceiling": inv_ceiling,
         "accuracy_vs_true_utility": oracle_acc, "seconds": round(time.time() - t0, 1),
     }
+    if gen_eval is not None:
+        gu = truth.true_utility(gen_eval.a, gen_eval.prompts) - truth.true_utility(gen_eval.b, gen_eval.prompts)
+        gs = scorer.score(gen_eval.a, gen_eval.prompts, progress=False) - scorer.score(gen_eval.b, gen_eval.prompts, progress=False)
+        keep = gu.abs() > 1e-6
+        report["generated"] = {
+            "generator": generator, "train_groups": n_generated, "heldout_pairs": len(gen_eval),
+            "pooled_accuracy": final["generated_pooled_accuracy"], "annotator_ceiling": agreement(gl1, gl2),
+            "accuracy_vs_true_utility": float(((gs * gu)[keep] > 0).float().mean()),
+        }
+        report["generated"]["ratio_to_ceiling"] = report["generated"]["pooled_accuracy"] / report["generated"]["annotator_ceiling"]
     log(json.dumps(report))
     if scorer_name == "synth-hps":
         save_synth_hps(scorer, cfg, out)
@@ -264,19 +304,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scorer", choices=["synth-hps", "synth-clap"], required=True)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n-train", type=int, default=600)
+    ap.add_argument("--n-train", type=int, default=1500, help="train prompts of rendered, corrupted groups")
     ap.add_argument("--n-eval", type=int, default=150)
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--label-annotators", type=int, default=1, help="annotators whose mean vote labels each training pair")
+    ap.add_argument("--label-annotators", type=int, default=3, help="annotators whose mean vote labels each training pair")
+    ap.add_argument("--generator", default=None, help="also train on groups sampled from this generator (HPD v2 style)")
+    ap.add_argument("--n-generated", type=int, default=600, help="train prompts sampled from --generator")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     np.random.seed(args.seed)
     out = args.out or asset_path("models", args.scorer)
     run(args.scorer, out, args.seed, args.n_train, args.n_eval, 4, args.steps, args.batch_size, args.lr,
-        args.label_annotators, log=lambda s: print(s, flush=True))
+        args.label_annotators, args.generator, args.n_generated, log=lambda s: print(s, flush=True))
 
 
 if __name__ == "__main__":

@@ -49,7 +49,9 @@ class Annotator:
 
     def utility(self, media: Media, prompts: Sequence[str] | None = None) -> torch.Tensor:
         """One noisy judgment of each item's utility."""
-        u = self.true_utility(media, prompts)
+        return self._noisy(self.true_utility(media, prompts))
+
+    def _noisy(self, u: torch.Tensor) -> torch.Tensor:
         return u + torch.from_numpy(self._rng.normal(0.0, self.noise, len(u))).float()
 
     def choose_from_utilities(self, ua: torch.Tensor, ub: torch.Tensor) -> torch.Tensor:
@@ -65,12 +67,28 @@ class Annotator:
         if len(a) != len(b):
             raise InputError(f"annotator: {len(a)} items in a but {len(b)} in b; pairs need equal lengths")
         prompts = list(prompts) if prompts is not None else (a.prompts or b.prompts)
-        return self.choose_from_utilities(self.utility(a, prompts), self.utility(b, prompts))
+        return self.judge(self.true_utility(a, prompts), self.true_utility(b, prompts))
+
+    def judge(self, true_a: torch.Tensor, true_b: torch.Tensor) -> torch.Tensor:
+        """Choices between items of true utilities ``true_a[i]`` and ``true_b[i]`` (noise drawn per judgment)."""
+        return self.choose_from_utilities(self._noisy(true_a), self._noisy(true_b))
 
     def rank(self, group: Media, prompt: str) -> list[int]:
         """A k-wise ranking (best first) of the items of ``group``, all made for ``prompt``."""
         u = self.utility(group, [prompt] * len(group))
         return [int(i) for i in torch.argsort(u, descending=True, stable=True)]
+
+
+def panel_votes(a: Media, b: Media, prompts: Sequence[str], annotators: int, seed: int = 0) -> np.ndarray:
+    """Votes ``[annotators, n]`` (1 = a wins, 0.5 tie, 0 = b wins) of a panel of independent raters.
+
+    The oracle runs once per item; each rater (seed ``seed + 100 + j``) then judges every pair with
+    its own noise, exactly as :meth:`Annotator.choose` would.
+    """
+    if len(a) != len(b) or len(a) != len(prompts):
+        raise InputError(f"panel_votes: {len(a)} items in a, {len(b)} in b, {len(prompts)} prompts; all must match")
+    ua, ub = Annotator().true_utility(a, prompts), Annotator().true_utility(b, prompts)
+    return np.stack([Annotator(seed=seed + 100 + j).judge(ua, ub).numpy() for j in range(annotators)])
 
 
 def agreement(labels_a: torch.Tensor, labels_b: torch.Tensor) -> float:
