@@ -40,7 +40,7 @@ class DemoConfig:
     k: int = 8
     val_prompts: int = 32
     eval_prompts: int = 256
-    annotators: int = 5
+    annotators: int = 20  # each judges every pair with its own noise; a bigger panel only narrows the CI
     batch_size: int = 32
     seed: int = 0
     overrides: list[str] = field(default_factory=list)
