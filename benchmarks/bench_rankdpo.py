@@ -1,6 +1,6 @@
 """RankDPO (listwise) vs Diffusion-DPO (best vs worst) on the synthetic world, at equal data and steps.
 
-    python benchmarks/bench_rankdpo.py                      # ~15 min on 2 CPU cores
+    python benchmarks/bench_rankdpo.py                      # ~7 min on one CPU core
     python benchmarks/bench_rankdpo.py --train-prompts 96 --eval-prompts 128 --steps 100   # quicker
 
 Both methods see the **same sampled images**: ``k`` samples of ``synth-sdxl`` per train prompt,

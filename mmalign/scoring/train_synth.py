@@ -197,7 +197,7 @@ def save_synth_clap(scorer, fe, tokenizer: WordTokenizer, out: Path) -> None:
 # -- main ---------------------------------------------------------------------------------------------
 def run(scorer_name: str, out: Path, seed: int = 0, n_train: int = 600, n_eval: int = 150, k: int = 4, steps: int = 1500,
         batch_size: int = 64, lr: float = 5e-4, label_annotators: int = 1, generator: str | None = None,
-        n_generated: int = 600, log=print) -> dict:
+        n_generated: int = 600, k_generated: int | None = None, log=print) -> dict:
     from mmalign.scoring.metrics import hpdv2_accuracy, inversion_score
     from mmalign.scoring.train import PairSet, evaluate_pairs, train_scorer
     from mmalign.synth.annotators import Annotator, agreement
@@ -216,8 +216,9 @@ def run(scorer_name: str, out: Path, seed: int = 0, n_train: int = 600, n_eval: 
     ann1, ann2 = Annotator(seed=seed + 101), Annotator(seed=seed + 202)
     gen_eval = None
     if generator:
-        g_media, g_prompts = generated_groups(generator, n_generated, k, seed + 2, "train", modality)
-        g_pairs, g_votes = group_pairs(g_media, g_prompts, k, label_panel)
+        kg = k_generated or k
+        g_media, g_prompts = generated_groups(generator, n_generated, kg, seed + 2, "train", modality)
+        g_pairs, g_votes = group_pairs(g_media, g_prompts, kg, label_panel)
         g_pairs.labels = torch.stack(g_votes).mean(0)
         train_pairs = PairSet.cat([train_pairs, g_pairs])
         ge_media, ge_prompts = generated_groups(generator, n_eval, k, seed + 1002, "heldout", modality)
@@ -312,13 +313,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--label-annotators", type=int, default=3, help="annotators whose mean vote labels each training pair")
     ap.add_argument("--generator", default=None, help="also train on groups sampled from this generator (HPD v2 style)")
     ap.add_argument("--n-generated", type=int, default=600, help="train prompts sampled from --generator")
+    ap.add_argument("--k-generated", type=int, default=4, help="samples per prompt from --generator (all pairs are labelled)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     np.random.seed(args.seed)
     out = args.out or asset_path("models", args.scorer)
     run(args.scorer, out, args.seed, args.n_train, args.n_eval, 4, args.steps, args.batch_size, args.lr,
-        args.label_annotators, args.generator, args.n_generated, log=lambda s: print(s, flush=True))
+        args.label_annotators, args.generator, args.n_generated, args.k_generated, log=lambda s: print(s, flush=True))
 
 
 if __name__ == "__main__":
