@@ -38,7 +38,7 @@ def main() -> None:
 
     from rich.console import Console
 
-    from mmalign.align.demo import _table, _write_json, compare_models
+    from mmalign.align.demo import _table, _write_json, compare_models, validation_prompts
     from mmalign.align.trainer import lora_disabled, train
     from mmalign.data.build import build_preferences
     from mmalign.generators import load_generator
@@ -52,7 +52,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     scorer = load_scorer("synth-hps")
     train_prompts = sample_prompts("image", args.train_prompts, seed=args.seed, split="train")
-    val_prompts = sample_prompts("image", args.val_prompts, seed=args.seed + 1, split="train")
+    val_prompts = validation_prompts("image", args.val_prompts, args.seed + 1, train_prompts)
     eval_prompts = sample_prompts("image", args.eval_prompts, seed=args.seed + 2, split="heldout")
     (out / "val_prompts.txt").write_text("\n".join(val_prompts) + "\n")
     t0 = time.perf_counter()
