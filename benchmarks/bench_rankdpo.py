@@ -1,13 +1,14 @@
 """RankDPO (listwise) vs Diffusion-DPO (best vs worst) on the synthetic world, at equal data and steps.
 
-    python benchmarks/bench_rankdpo.py                      # ~7 min on one CPU core
+    python benchmarks/bench_rankdpo.py                      # ~6 min on one CPU core
     python benchmarks/bench_rankdpo.py --train-prompts 96 --eval-prompts 128 --steps 100   # quicker
 
 Both methods see the **same sampled images**: ``k`` samples of ``synth-sdxl`` per train prompt,
 scored by ``synth-hps`` (``mmalign.data.build_preferences``). Diffusion-DPO trains on each prompt's
 best-vs-worst pair (``recipes/synth-diffusion-dpo.yaml``), RankDPO on the whole k-list with DCG
 weights (``recipes/synth-rankdpo.yaml``, Karthik et al. 2024, Eq. 6), both for the same number of
-steps and the same validation prompts for early stopping. Each aligned model is then compared with
+steps (early stopping off, so each method's final weights are compared; the validation curve is
+still logged). Each aligned model is then compared with
 the base model on held-out prompts with the same seeds (reward, oracle skills, simulated-annotator
 win-rate, 95% bootstrap CIs), and the two aligned models with each other. RankDPO's paper reports
 it beats pairwise DPO; this script reports whatever we measure. Writes ``OUT/report.json``.
@@ -68,7 +69,7 @@ def main() -> None:
         result = train(recipe, overrides=[
             f"data.path={path}", f"output_dir={out / method}", f"data.cache_dir={out / 'cache' / method}",
             f"max_steps={args.steps}", f"eval.prompts={out / 'val_prompts.txt'}", f"eval.n_prompts={args.val_prompts}",
-            f"seed={args.seed}",
+            f"seed={args.seed}", "eval.early_stopping=null",  # equal steps: compare the final weights
         ], generator=gen)
         if "base" not in samples:
             with lora_disabled(gen.trainable().denoiser):

@@ -3,8 +3,8 @@
 1. load the shipped synthetic-world generator (``synth-sdxl`` for images) and scorer (``synth-hps``);
 2. build preference data on *train* prompts: k samples per prompt, scored, best vs worst
    (``mmalign pairs``);
-3. train Diffusion-DPO with LoRA (``recipes/synth-diffusion-dpo.yaml``), validating on train-split
-   prompts the preference data does not use, for early stopping;
+3. train Diffusion-DPO with LoRA (``recipes/synth-diffusion-dpo.yaml``), logging a validation curve
+   on train-split prompts the preference data does not use;
 4. evaluate base (LoRA disabled) vs aligned on **held-out** prompts with the same seeds: mean scorer
    reward, oracle per-skill accuracy and win-rate under a panel of simulated annotators, each with a
    95% bootstrap CI over prompts; print a table, write a before/after grid and ``report.json``.
@@ -37,7 +37,7 @@ class DemoConfig:
     scorer: str = "synth-hps"
     recipe: str = "synth-diffusion-dpo"
     train_prompts: int = 192
-    k: int = 8
+    k: int = 4
     val_prompts: int = 32
     eval_prompts: int = 256
     annotators: int = 20  # each judges every pair with its own noise; a bigger panel only narrows the CI
