@@ -12,8 +12,9 @@ from mmalign.generators import load_generator
 from mmalign.media import AudioBatch
 from mmalign.paths import asset_path
 from mmalign.synth.prompts import sample_prompts
+from mmalign.synth.train_audio import majority_baseline
 
-TRAIN_CMD = "python -m mmalign.synth.train_audio --vae-steps 1000 --steps 1200 --seed 0"
+TRAIN_CMD = "python -m mmalign.synth.train_audio --seed 0"
 CHANCE = {"register": 1 / 3, "tempo": 1 / 2, "timbre": 1 / 3}
 
 
@@ -47,14 +48,17 @@ def test_samples_shape_rate_and_determinism(gen):
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "known defect: the tiny Oobleck VAE of synth-audio decodes every clip at about one pitch after 1000 CPU steps, "
-    "so register (0.30) and timbre (0.05) are at or below chance; only tempo (0.83) is learned. Needs a longer VAE run."))
+    "known defect: synth-audio's tiny Oobleck VAE (hop 64, 1500 CPU steps) reconstructs register-level tones "
+    "but not timbre (sine and square come back with saw-like harmonics, low notes nearly silent): samples score "
+    "register 0.60, tempo 0.78, timbre 0.18 vs always-the-most-common-answer 0.65 / 0.62 / 0.55. Needs a longer VAE run."))
 def test_recorded_accuracy_is_good_and_imperfect(folder):
     rec = json.loads((folder / "eval.json").read_text())
     acc = rec["samples"]
+    majority = majority_baseline(sample_prompts("audio", 60, seed=rec["seed"], split="heldout"))
     assert set(CHANCE) <= set(acc)
     for skill, chance in CHANCE.items():
-        assert acc[skill] > chance + 0.1, f"{skill}: {acc[skill]:.2f} is not clearly above chance {chance:.2f}"
+        bar = max(chance, majority[skill])  # always answering the held-out set's most common value
+        assert acc[skill] > bar + 0.05, f"{skill}: {acc[skill]:.2f} is not clearly above {bar:.2f}"
     assert min(acc[s] for s in CHANCE) < 1.0, "a perfect model leaves alignment nothing to improve"
     assert rec["rendered"]["register"] == rec["rendered"]["tempo"] == rec["rendered"]["timbre"] == 1.0
 
