@@ -137,7 +137,7 @@ def _add_placeholder(target: typer.Typer, name: str, failure: BaseException | No
 
 
 def demo(
-    modality: Optional[str] = typer.Option(None, help="image, video or audio (default: all that exist)."),
+    modality: Optional[str] = typer.Option(None, help="image, video or audio (default: image; without the alignment package, every modality of the synthetic world)."),
     seed: int = typer.Option(0, help="Seed for prompts, sampling and training."),
     out: Optional[Path] = typer.Option(None, help="Folder for media, grids and reports."),
 ) -> None:
