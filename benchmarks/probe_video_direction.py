@@ -1,6 +1,6 @@
 """Does ``synth-video`` use the direction word of "a red circle moving left"? A diagnostic, not a speed test.
 
-    python benchmarks/probe_video_direction.py            # ~1 min on one CPU core
+    python benchmarks/probe_video_direction.py            # 6 min on a shared 2-core CPU
     python benchmarks/probe_video_direction.py --generator runs/my-video-model
 
 For rendered motion videos it measures the model's epsilon loss (SDXL's training objective) at
