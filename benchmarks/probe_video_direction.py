@@ -3,8 +3,8 @@
     python benchmarks/probe_video_direction.py            # 6 min on a shared 2-core CPU
     python benchmarks/probe_video_direction.py --generator runs/my-video-model
 
-For rendered motion videos it measures the model's epsilon loss (SDXL's training objective) at
-several noise levels under three prompts: the true one, the same prompt with the direction
+For rendered motion videos it measures the model's training loss (its adapter's objective: epsilon,
+v or flow velocity) at several noise levels (timesteps t of the adapter's schedule) under three prompts: the true one, the same prompt with the direction
 reversed ("left" <-> "right", "up" <-> "down"), and, as a control, with the color swapped. A model
 that uses a word has a higher loss under the wrong word. It also reports how much of the latent
 variance the direction alone explains (the x0 error of the per-direction mean video vs the mean of
@@ -26,7 +26,7 @@ FLIP = {"left": "right", "right": "left", "up": "down", "down": "up"}
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--generator", default="synth-video", help="preset or AnimateDiffSDXLPipeline folder")
+    ap.add_argument("--generator", default="synth-video", help="preset or folder of a trainable video generator")
     ap.add_argument("--videos", type=int, default=256, help="rendered motion videos (train split)")
     ap.add_argument("--timesteps", default="999,900,800,600,400,200")
     ap.add_argument("--seed", type=int, default=0)
@@ -38,18 +38,18 @@ def main() -> None:
     import torch.nn.functional as F
 
     from mmalign.generators import load_generator
+    from mmalign.media import VideoBatch
     from mmalign.synth.prompts import COLORS, sample_prompts
     from mmalign.synth.render import render
-    from mmalign.synth.train import IMAGE_SIZE, _encode_bank, _encode_text
 
     torch.set_num_threads(args.threads)
-    pipe = load_generator(args.generator).pipe
+    gen = load_generator(args.generator)
+    adapter = gen.trainable()
     prompts = [p for p in sample_prompts("video", 40 * args.videos, seed=args.seed, split="train") if " moving " in p]
     prompts = prompts[: args.videos]
-    videos = render(prompts, seed=args.seed).pixels
-    b, t = videos.shape[:2]
-    x0 = _encode_bank(pipe.vae, videos.reshape(b * t, *videos.shape[2:]))
-    x0 = x0.reshape(b, t, *x0.shape[1:]).permute(0, 2, 1, 3, 4).contiguous()  # [B, C, T, h, w]
+    videos = render(prompts, seed=args.seed, frames=int(gen.defaults.get("num_frames", 8))).pixels
+    chunks = range(0, len(prompts), 64)
+    x0 = torch.cat([adapter.encode_media(VideoBatch(videos[i : i + 64], fps=8.0)) for i in chunks])
     colors = list(COLORS)
 
     def reverse(p: str) -> str:
@@ -63,21 +63,18 @@ def main() -> None:
 
     variants = {"true": prompts, "direction_reversed": [reverse(p) for p in prompts],
                 "color_swapped": [recolor(p) for p in prompts]}
-    embeds = {k: _encode_text(pipe.tokenizer, pipe.text_encoder, pipe.text_encoder_2, v) for k, v in variants.items()}
-    alphas = pipe.scheduler.alphas_cumprod
-    time_ids = torch.tensor([IMAGE_SIZE, IMAGE_SIZE, 0, 0, IMAGE_SIZE, IMAGE_SIZE], dtype=torch.float32).expand(b, 6)
     rows = []
     with torch.no_grad():
+        conds = {k: adapter.encode_prompts(v) for k, v in variants.items()}
         for step in [int(s) for s in args.timesteps.split(",")]:
             noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(args.seed + step))
-            a = alphas[step]
-            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-            ts = torch.full((b,), step)
-            row = {"t": step, "snr": round(float(a / (1 - a)), 4)}
-            for name, (emb, pooled) in embeds.items():
-                pred = pipe.unet(xt, ts, encoder_hidden_states=emb.repeat_interleave(t, dim=0),
-                                 added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
-                row[name] = float(F.mse_loss(pred, noise))
+            t = torch.full((len(x0),), step)
+            xt, target = adapter.noise(x0, noise, t), adapter.target(x0, noise, t)
+            row = {"t": step}
+            for name, cond in conds.items():
+                pred = torch.cat([adapter.predict(xt[i : i + 64], t[i : i + 64], {k: v[i : i + 64] for k, v in cond.items()})
+                                  for i in chunks])
+                row[name] = float(F.mse_loss(pred, target))
             for name in ("direction_reversed", "color_swapped"):
                 row[f"{name}_excess"] = round(row[name] / row["true"] - 1, 5)
             rows.append(row)
@@ -87,7 +84,8 @@ def main() -> None:
         within = sum((x0[[i for i, d in enumerate(directions) if d == k]]
                       - x0[[i for i, d in enumerate(directions) if d == k]].mean(0)).pow(2).sum()
                      for k in set(directions)) / x0.numel()
-    report = {"generator": args.generator, "videos": b, "seed": args.seed, "losses": rows,
+    report = {"generator": args.generator, "family": gen.family, "objective": adapter.prediction_type,
+              "videos": len(x0), "seed": args.seed, "losses": rows,
               "x0_variance_explained_by_direction": round(float(1 - within / total), 4)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")

@@ -234,7 +234,7 @@ def test_cli_generator_synth_video_under_ten_minutes(tmp_path):
     from mmalign.paths import asset_path
 
     assert asset_path("models", "synth-video").is_dir(), (
-        "assets/models/synth-video is missing: train it with `python -m mmalign.synth.train --model synth-video`")
+        "assets/models/synth-video is missing: train it with `python -m mmalign.synth.train_video`")
     t = time.time()
     r = CliRunner().invoke(_bench_app(), ["bench", "--suite", "synth-video", "--generator", "synth-video",
                                           "--out", str(tmp_path / "gen"), "--quiet"])

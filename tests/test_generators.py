@@ -273,12 +273,19 @@ def test_hub_id_offline_says_how_to_use_a_local_folder():
     assert "local_files_only" in str(err.value)
 
 
-def test_missing_preset_names_the_training_command(monkeypatch, tmp_path):
+@pytest.mark.parametrize("preset, module", [("synth-sdxl", "mmalign.synth.train"),
+                                            ("synth-video", "mmalign.synth.train_video"),
+                                            ("synth-audio", "mmalign.synth.train_audio")])
+def test_missing_preset_names_the_training_command(monkeypatch, tmp_path, preset, module):
+    import importlib.util
+    import re
+
     import mmalign.generators as g
 
     monkeypatch.setattr(g, "asset_path", lambda *parts: tmp_path.joinpath(*parts))
-    with pytest.raises(InputError, match="python -m mmalign.synth.train --model synth-video"):
-        g.load_generator("synth-video")
+    with pytest.raises(InputError, match=re.escape(f"python -m {module}")):
+        g.load_generator(preset)
+    assert importlib.util.find_spec(module) is not None
 
 
 def test_unknown_folder_and_family(tmp_path):

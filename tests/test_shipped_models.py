@@ -14,11 +14,10 @@ PRESETS = {"synth-sdxl": ImageBatch, "synth-video": VideoBatch}
 
 
 def _require(name: str):
-    from mmalign.generators import load_generator
+    from mmalign.generators import PRESETS, load_generator
 
     folder = asset_path("models", name)
-    assert (folder / "model_index.json").is_file(), (
-        f"{folder} is missing: train it with `python -m mmalign.synth.train --model {name}`")
+    assert (folder / "model_index.json").is_file(), f"{folder} is missing: train it with `{PRESETS[name]}`"
     return load_generator(name)
 
 

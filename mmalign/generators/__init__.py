@@ -42,8 +42,12 @@ def family_class(family: str) -> type[Generator]:
     module, name = FAMILIES[family].split(":")
     return getattr(importlib.import_module(f"mmalign.generators.{module}"), name)
 
-#: preset name -> folder under assets/models/ (trained by ``python -m mmalign.synth.train --model NAME``)
-PRESETS: dict[str, str] = {"synth-sdxl": "synth-sdxl", "synth-video": "synth-video", "synth-audio": "synth-audio"}
+#: preset name (a folder under assets/models/) -> the command that trains it
+PRESETS: dict[str, str] = {
+    "synth-sdxl": "python -m mmalign.synth.train --model synth-sdxl",
+    "synth-video": "python -m mmalign.synth.train_video",
+    "synth-audio": "python -m mmalign.synth.train_audio",
+}
 
 #: diffusers pipeline ``_class_name`` / transformers ``model_type`` -> family
 CLASS_TO_FAMILY: dict[str, str] = {
@@ -112,10 +116,9 @@ def load_generator(id_or_path_or_preset: str | os.PathLike, family: str | None =
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if name in PRESETS:
-        folder = asset_path("models", PRESETS[name])
+        folder = asset_path("models", name)
         if not (folder / "model_index.json").is_file():
-            raise InputError(f"preset {name!r} is not built: {folder} is missing. Train it with "
-                             f"`python -m mmalign.synth.train --model {name}`")
+            raise InputError(f"preset {name!r} is not built: {folder} is missing. Train it with `{PRESETS[name]}`")
         source: str = str(folder)
     else:
         source = name

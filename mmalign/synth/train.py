@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from tqdm.auto import tqdm
 
 from mmalign.generators._common import write_defaults
 from mmalign.paths import asset_path
+from mmalign.synth.checkpoint import StageCheckpoint, save_atomic
 from mmalign.synth.prompts import sample_prompts
 from mmalign.synth.render import render
 
@@ -134,14 +133,6 @@ def image_bank(n: int, seed: int, split: str = "train") -> tuple[torch.Tensor, l
     return torch.cat(chunks), prompts
 
 
-def _save_atomic(module, out: Path) -> None:
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    module.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-
-
 # ---------------------------------------------------------------------------------------------
 # stages
 
@@ -172,7 +163,7 @@ def train_vae(out: Path, steps: int, seed: int, batch: int = 32, lr: float = 3e-
     with torch.no_grad():
         z = torch.cat([vae.encode(images[i : i + 500] * 2 - 1).latent_dist.mode() for i in range(0, 4000, 500)])
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
-    _save_atomic(vae, out / "vae")
+    save_atomic(vae, out / "vae")
 
 
 def _encode_text(tok, te1, te2, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,31 +175,25 @@ def _encode_text(tok, te1, te2, prompts: list[str]) -> tuple[torch.Tensor, torch
 
 class ResumableStage:
     """Optimizer (AdamW, warm-up then constant LR), EMA weights, data RNG and step of one training
-    stage, saved atomically to ``path`` every ``every`` steps; ``touch <work>/STOP`` ends the stage
-    early (saved). With a constant LR, a run stopped at step N equals a run with ``--steps N``.
+    stage, saved every ``every`` steps by a :class:`~mmalign.synth.checkpoint.StageCheckpoint`
+    (``WORK/<stage>_state.pt``; ``touch WORK/STOP`` ends the stage early, saved). With a constant LR,
+    a run stopped at step N and resumed equals an uninterrupted run.
     """
 
-    def __init__(self, path: Path, modules: torch.nn.ModuleList, lr: float, warmup: int, seed: int,
+    def __init__(self, work: Path, stage: str, modules: torch.nn.ModuleList, lr: float, warmup: int, seed: int,
                  ema_decay: float, every: int, log=print) -> None:
         import copy
 
-        self.path, self.modules, self.ema_decay, self.every, self.log = path, modules, ema_decay, every, log
+        self.modules, self.ema_decay, self.every, self.log = modules, ema_decay, every, log
         self.ema = copy.deepcopy(modules).requires_grad_(False)
         self.pairs = [(e, p) for e, p in zip(self.ema.parameters(), modules.parameters()) if p.requires_grad]
         self.params = [p for _, p in self.pairs]
         self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=1e-2)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warmup))
         self.rng = torch.Generator().manual_seed(seed)
-        self.step = 0
-        if path.exists():
-            state = torch.load(path, weights_only=False)
-            modules.load_state_dict(state["model"])
-            self.ema.load_state_dict(state["ema"])
-            self.opt.load_state_dict(state["opt"])
-            self.sched.load_state_dict(state["sched"])
-            self.rng.set_state(state["rng"])
-            self.step = state["step"]
-            log(json.dumps({"resumed": str(path), "step": self.step}))
+        self.ckpt = StageCheckpoint(work, stage, {"model": modules, "ema": self.ema, "opt": self.opt, "sched": self.sched},
+                                    self.rng, log)
+        self.step = self.ckpt.resume()
 
     def update(self, loss: torch.Tensor, total: int) -> bool:
         """One optimizer step on ``loss`` (clipped at norm 1), EMA, checkpoint; True when asked to stop."""
@@ -222,17 +207,8 @@ class ResumableStage:
                 e.lerp_(p, 1 - self.ema_decay)
         self.step += 1
         if self.step % 50 == 1:
-            self.log(json.dumps({"stage": self.path.stem, "step": self.step, "loss": loss.item()}))
-        stop = (self.path.parent / "STOP").exists()
-        if self.step % self.every == 0 or self.step == total or stop:
-            state = {"model": self.modules.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
-                     "sched": self.sched.state_dict(), "rng": self.rng.get_state(), "step": self.step}
-            torch.save(state, self.path.with_suffix(".tmp"))
-            os.replace(self.path.with_suffix(".tmp"), self.path)
-        if stop:
-            self.log(json.dumps({"stage": self.path.stem, "stopped_at": self.step}))
-        return stop
-
+            self.log(json.dumps({"stage": self.ckpt.stage, "step": self.step, "loss": loss.item()}))
+        return self.ckpt.after_step(self.step, total, self.every)
 
     def run(self, unet, tok, te1, te2, alphas: torch.Tensor, latents: torch.Tensor, prompts: list[str],
             steps: int, batch: int, desc: str) -> None:
@@ -288,7 +264,7 @@ def train_sdxl_unet(
     images, prompts = image_bank(40000, seed + 1)
     latents = _encode_bank(vae, images)
     del images
-    stage = ResumableStage(out / "unet_state.pt", torch.nn.ModuleList([unet, te1, te2]), lr, 200, seed, ema_decay, 500, log)
+    stage = ResumableStage(out, "unet", torch.nn.ModuleList([unet, te1, te2]), lr, 200, seed, ema_decay, 500, log)
     stage.run(unet, tok, te1, te2, scheduler.alphas_cumprod, latents, prompts, steps, batch, "unet")
     unet, te1, te2 = stage.ema
     assemble_sdxl(out, vae, te1, te2, tok, unet, scheduler)
@@ -302,7 +278,7 @@ def assemble_sdxl(out: Path, vae, te1, te2, tok, unet, scheduler) -> None:
         vae=vae.eval(), text_encoder=te1.eval(), text_encoder_2=te2.eval(), tokenizer=tok, tokenizer_2=tok,
         unet=unet.eval(), scheduler=scheduler, force_zeros_for_empty_prompt=False,
     )
-    _save_atomic(pipe, out / "pipeline")
+    save_atomic(pipe, out / "pipeline")
     write_defaults(out / "pipeline", {"family": "sdxl", **SAMPLING_DEFAULTS})
 
 
@@ -350,7 +326,7 @@ def train_video(out: Path, image_pipeline: Path, steps: int, seed: int, batch: i
     lat = _encode_bank(vae, videos.reshape(b * t, *videos.shape[2:]))
     latents = lat.reshape(b, t, *lat.shape[1:]).permute(0, 2, 1, 3, 4).contiguous()
     del videos, lat
-    stage = ResumableStage(out / "video_state.pt", torch.nn.ModuleList([unet, te1, te2]), lr, 100, seed, ema_decay,
+    stage = ResumableStage(out, "video", torch.nn.ModuleList([unet, te1, te2]), lr, 100, seed, ema_decay,
                            250, log)
     log(json.dumps({"video_trainable_params": sum(p.numel() for p in stage.params)}))
     stage.run(unet, tok, te1, te2, scheduler.alphas_cumprod, latents, prompts, steps, batch, "video")
@@ -359,7 +335,7 @@ def train_video(out: Path, image_pipeline: Path, steps: int, seed: int, batch: i
         vae=vae, text_encoder=te1.eval(), text_encoder_2=te2.eval(), tokenizer=tok, tokenizer_2=tok,
         unet=unet.eval(), motion_adapter=adapter, scheduler=scheduler, force_zeros_for_empty_prompt=False,
     )
-    _save_atomic(pipe, out / "pipeline")
+    save_atomic(pipe, out / "pipeline")
     write_defaults(out / "pipeline", {"family": "animatediff_sdxl", **SAMPLING_DEFAULTS, "num_frames": 8, "fps": 8.0})
 
 

@@ -35,16 +35,16 @@ import argparse
 import copy
 import json
 import os
-import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from mmalign.paths import asset_path
+from mmalign.synth.checkpoint import Log, StageCheckpoint, save_atomic
 from mmalign.synth.prompts import sample_prompts
 from mmalign.synth.render import render
 
@@ -62,7 +62,6 @@ TEXT_DIM = 64
 #: sampling defaults written next to the pipeline (mmalign_generator.json)
 DEFAULTS = {"steps": 24, "guidance": 3.0, "audio_end_in_s": 1.0}
 
-Log = Callable[[str], None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,49 +146,6 @@ def stft_loss(rec: torch.Tensor, x: torch.Tensor, sizes: tuple[int, ...] = (128,
     return loss / len(sizes)
 
 
-class _Checkpoint:
-    """Resume / save / stop of one stage: the ``state_dict`` of each object in ``parts`` (model, optimizer, ...),
-    the data RNG and the step, in ``WORK/<stage>_state.pt`` (written through a temp file and a rename).
-    ``touch WORK/STOP`` ends the stage after the current step (saved); the file is consumed, so a
-    full run goes on with its next stage."""
-
-    def __init__(self, work: Path, stage: str, parts: dict[str, Any], rng: torch.Generator, log: Log) -> None:
-        self.work, self.stage, self.parts, self.rng, self.log = work, stage, parts, rng, log
-        self.path = work / f"{stage}_state.pt"
-
-    def resume(self) -> int:
-        """Load the saved state if there is one; returns the step to start from."""
-        if not self.path.exists():
-            return 0
-        state = torch.load(self.path, weights_only=False)
-        for key, part in self.parts.items():
-            part.load_state_dict(state[key])
-        self.rng.set_state(state["rng"])
-        self.log(json.dumps({"stage": self.stage, "resumed_at": state["step"]}))
-        return state["step"]
-
-    def after_step(self, done: int, steps: int, every: int) -> bool:
-        """Save every ``every`` steps, at the end and when asked to stop; True when the stage must stop."""
-        stop = (self.work / "STOP").exists()
-        if done % every == 0 or done == steps or stop:
-            state = {key: part.state_dict() for key, part in self.parts.items()}
-            tmp = self.path.with_suffix(".tmp")
-            torch.save({**state, "rng": self.rng.get_state(), "step": done}, tmp)
-            os.replace(tmp, self.path)
-        if stop:
-            self.log(json.dumps({"stage": self.stage, "stopped_at": done}))
-            (self.work / "STOP").unlink(missing_ok=True)
-        return stop
-
-
-def _save_atomic(module, out: Path) -> None:
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    module.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-
-
 @torch.no_grad()
 def normalize_latents(vae, audio: torch.Tensor) -> torch.Tensor:
     """Rescale the latent channels to unit std by an exact change of the weights.
@@ -220,7 +176,7 @@ def train_vae(work: Path, steps: int, seed: int, bank: int = 1500, batch: int = 
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * (0.1 + 0.9 * max(0.0, 1 - s / steps)))
     g = torch.Generator().manual_seed(seed)
-    ckpt = _Checkpoint(work, "vae", {"model": vae, "opt": opt, "sched": sched}, g, log)
+    ckpt = StageCheckpoint(work, "vae", {"model": vae, "opt": opt, "sched": sched}, g, log)
     start = ckpt.resume()
     log(json.dumps({"vae_params": sum(p.numel() for p in vae.parameters())}))
     t0 = time.time()
@@ -250,7 +206,7 @@ def train_vae(work: Path, steps: int, seed: int, bank: int = 1500, batch: int = 
     vae.eval()
     s = normalize_latents(vae, audio[:400])
     log(json.dumps({"stage": "vae", "latent_std_before": s.tolist()}))
-    _save_atomic(vae, work / "vae")
+    save_atomic(vae, work / "vae")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,7 +245,7 @@ def train_dit(work: Path, steps: int, seed: int, bank: int = 1500, batch: int = 
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200))
     g = torch.Generator().manual_seed(seed)
-    ckpt = _Checkpoint(work, "dit", {"model": modules, "ema": ema, "opt": opt, "sched": sched}, g, log)
+    ckpt = StageCheckpoint(work, "dit", {"model": modules, "ema": ema, "opt": opt, "sched": sched}, g, log)
     start = ckpt.resume()
     modules.train()
     t0 = time.time()
@@ -329,11 +285,7 @@ def save_pipeline(pipe, out: Path) -> None:
     """Save as ``out`` (``save_pretrained`` + sampling defaults) through a temp folder and a rename."""
     from mmalign.generators.stable_audio import StableAudioGenerator
 
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    StableAudioGenerator(pipe, device=torch.device("cpu"), defaults=DEFAULTS).save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    save_atomic(StableAudioGenerator(pipe, device=torch.device("cpu"), defaults=DEFAULTS), out)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,237 @@
+"""Train ``synth-video``, the shipped tiny text-to-video model of the synthetic world (seeded, CPU, resumable).
+
+    python -m mmalign.synth.train_video                     # VAE, then DiT + text encoder, then held-out eval
+    python -m mmalign.synth.train_video --stage dit --steps 4000
+
+``synth-video`` is a real :class:`~diffusers.WanPipeline` (Wan 2.1 class): a tiny causal-3D
+``AutoencoderKLWan`` (9 frames of 32×32 ↔ 5 × 8×8×8 latents: 2× in time, 4× in space), a tiny T5
+encoder on the project's tokenizer and a ~1.4M-parameter ``WanTransformer3DModel`` trained with the
+rectified-flow velocity objective of :class:`~mmalign.generators.wan.WanAdapter` (10% empty prompts
+for classifier-free guidance). A DiT is used rather than AnimateDiff on ``synth-sdxl`` because every
+DiT block cross-attends to the prompt from every space-time token (3D RoPE gives each token its frame),
+whereas AnimateDiff's motion modules never see the text: the AnimateDiff model trained here ignored
+the direction of motion (``benchmarks/probe_video_direction.py``).
+
+Stop any stage with ``touch WORK/STOP``; running the same command again resumes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from mmalign.paths import asset_path
+from mmalign.synth.checkpoint import save_atomic
+from mmalign.synth.prompts import sample_prompts
+from mmalign.synth.render import render
+from mmalign.synth.train import ResumableStage
+
+NAME = "synth-video"
+FRAMES = 9  # Wan's causal VAE takes 1 + k·(time compression) frames
+TIME_COMPRESSION = 2
+Z_DIM = 8
+MAX_TOKENS = 16
+SAMPLING_DEFAULTS = {"steps": 20, "guidance": 4.0, "num_frames": FRAMES, "fps": 8.0, "height": 32, "width": 32,
+                     "max_sequence_length": MAX_TOKENS}
+
+
+def tokenizer():
+    from transformers import T5Tokenizer
+
+    tok = T5Tokenizer.from_pretrained(str(asset_path("tokenizers", "t5-synth")))
+    tok.model_max_length = MAX_TOKENS
+    return tok
+
+
+def build_vae():
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(base_dim=8, z_dim=Z_DIM, dim_mult=[1, 2, 4], num_res_blocks=1,
+                            temperal_downsample=[False, True], scale_factor_temporal=TIME_COMPRESSION,
+                            scale_factor_spatial=4, latents_mean=[0.0] * Z_DIM, latents_std=[1.0] * Z_DIM)
+
+
+def build_text_encoder(tok):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    return UMT5EncoderModel(UMT5Config(vocab_size=len(tok), d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2,
+                                       dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=tok.pad_token_id,
+                                       eos_token_id=tok.eos_token_id))
+
+
+def build_transformer():
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, in_channels=Z_DIM,
+                                 out_channels=Z_DIM, text_dim=64, freq_dim=64, ffn_dim=256, num_layers=6,
+                                 cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+
+
+def build_scheduler(shift: float = 1.0):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+
+
+def video_bank(n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+    """``n`` rendered training videos ``[n, T, 3, 32, 32]`` in [0, 1] and their prompts."""
+    prompts = sample_prompts("video", n, seed=seed, split="train")
+    chunks = [render(prompts[i : i + 1000], seed=seed + i, frames=FRAMES).pixels for i in range(0, n, 1000)]
+    return torch.cat(chunks), prompts
+
+
+def train_vae(work: Path, steps: int, seed: int, batch: int = 4, lr: float = 2e-3, bank: int = 4000,
+              log=print) -> None:
+    """Stage 1: the causal 3D VAE on whole 9-frame clips (MSE + 1e-4 KL per latent element); then the
+    per-channel ``latents_mean`` / ``latents_std`` that ``WanPipeline`` un-normalises with."""
+    torch.manual_seed(seed)
+    vae = build_vae()
+    videos = video_bank(bank, seed)[0].permute(0, 2, 1, 3, 4) * 2 - 1  # [n, 3, T, H, W] in [-1, 1]
+    stage = ResumableStage(work, "vae", torch.nn.ModuleList([vae]), lr, 100, seed, 0.99, 100, log)
+    bar = tqdm(range(stage.step, steps), desc="vae", mininterval=5, initial=stage.step, total=steps)
+    for _ in bar:
+        x = videos[torch.randint(0, len(videos), (batch,), generator=stage.rng)]
+        post = vae.encode(x).latent_dist
+        z = post.sample(generator=stage.rng)
+        kl = post.kl().mean() / z[0].numel()
+        loss = F.mse_loss(vae.decode(z).sample, x) + 1e-4 * kl
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if stage.update(loss, steps):
+            return
+    vae = stage.ema[0].eval()
+    with torch.no_grad():
+        z = torch.cat([vae.encode(videos[i : i + 50]).latent_dist.mode() for i in range(0, min(bank, 400), 50)])
+    dims = (0, 2, 3, 4)
+    vae.register_to_config(latents_mean=z.mean(dims).tolist(), latents_std=z.std(dims).tolist())
+    save_atomic(vae, work / "vae")
+
+
+def assemble(vae, te, tok, transformer, scheduler):
+    from diffusers import WanPipeline
+
+    return WanPipeline(tokenizer=tok, text_encoder=te.eval(), vae=vae.eval(), transformer=transformer.eval(),
+                       scheduler=scheduler)
+
+
+def train_dit(work: Path, steps: int, seed: int, batch: int = 16, lr: float = 1e-3, ema_decay: float = 0.998,
+              bank: int = 4000, log=print):
+    """Stage 2: the DiT and the T5 encoder with :class:`~mmalign.generators.wan.WanAdapter`'s objective
+    (``noise`` / ``target`` / ``predict`` / ``encode_prompts``); returns the pipeline with EMA weights."""
+    from diffusers import AutoencoderKLWan
+
+    from mmalign.generators.wan import WanGenerator
+    from mmalign.media import VideoBatch
+
+    torch.manual_seed(seed)
+    tok = tokenizer()
+    vae = AutoencoderKLWan.from_pretrained(work / "vae").eval().requires_grad_(False)
+    te, transformer = build_text_encoder(tok), build_transformer()
+    log(json.dumps({"dit_params": sum(p.numel() for p in transformer.parameters()),
+                    "text_params": sum(p.numel() for p in te.parameters())}))
+    adapter = WanGenerator(assemble(vae, te, tok, transformer, build_scheduler()), device=torch.device("cpu"),
+                           defaults=SAMPLING_DEFAULTS).trainable()
+    videos, prompts = video_bank(bank, seed + 1)
+    latents = torch.cat([adapter.encode_media(VideoBatch(videos[i : i + 50], fps=8.0)) for i in range(0, bank, 50)])
+    del videos
+    log(json.dumps({"latents": list(latents.shape), "latent_std": latents.std().item()}))
+    transformer.train()
+    te.train()
+    stage = ResumableStage(work, "dit", torch.nn.ModuleList([transformer, te]), lr, 200, seed, ema_decay,
+                           250, log)
+    g = stage.rng
+    bar = tqdm(range(stage.step, steps), desc="dit", mininterval=5, initial=stage.step, total=steps)
+    for _ in bar:
+        idx = torch.randint(0, len(latents), (batch,), generator=g)
+        x0 = latents[idx]
+        texts = [prompts[i] if torch.rand((), generator=g) > 0.1 else "" for i in idx.tolist()]
+        noise = torch.randn(x0.shape, generator=g)
+        t = adapter.sample_timesteps(batch, generator=g)
+        pred = adapter.predict(adapter.noise(x0, noise, t), t, adapter.encode_prompts(texts))
+        loss = F.mse_loss(pred, adapter.target(x0, noise, t))
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if stage.update(loss, steps):
+            break
+    transformer, te = stage.ema
+    return assemble(vae, te, tok, transformer, build_scheduler())
+
+
+def save_pipeline(pipe, out: Path, shift: float) -> None:
+    """Save as ``out`` (``save_pretrained`` + sampling defaults, atomically) with a scheduler of timestep ``shift``."""
+    from mmalign.generators.wan import WanGenerator
+
+    pipe.scheduler = build_scheduler(shift)
+    save_atomic(WanGenerator(pipe, device=torch.device("cpu"), defaults=SAMPLING_DEFAULTS), out)
+
+
+def evaluate_model(folder: Path, n: int = 200, seed: int = 0) -> dict[str, Any]:
+    """:func:`~mmalign.synth.evaluate.evaluate_generator` on ``n`` held-out prompts (the format every shipped
+    model records), plus the oracle on the VAE reconstructions of the rendered truth (the ceiling of the latent model)."""
+    from mmalign.generators import load_generator
+    from mmalign.media import VideoBatch
+    from mmalign.synth.evaluate import evaluate_generator
+    from mmalign.synth.oracle import evaluate
+
+    gen = load_generator(str(folder))
+    result = {**evaluate_generator(gen, n=n, seed=seed), "generator": NAME}
+    prompts = sample_prompts("video", n, seed=seed, split="heldout")
+    truth = render(prompts, seed=seed, frames=FRAMES).pixels.permute(0, 2, 1, 3, 4) * 2 - 1
+    vae = gen.pipe.vae
+    with torch.no_grad():
+        rec = torch.cat([vae.decode(vae.encode(truth[i : i + 50]).latent_dist.mode()).sample for i in range(0, n, 50)])
+    rec = VideoBatch(((rec + 1) / 2).clamp(0, 1).permute(0, 2, 1, 3, 4), fps=8.0, prompts=prompts)
+    result["vae_reconstruction"] = {k: round(v, 4) for k, v in evaluate(rec, prompts).per_skill_accuracy().items()}
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", choices=["all", "vae", "dit", "eval"], default="all")
+    p.add_argument("--vae-steps", type=int, default=1200)
+    p.add_argument("--steps", type=int, default=4000, help="DiT training steps")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--bank", type=int, default=4000, help="rendered training videos per stage")
+    p.add_argument("--shift", type=float, default=1.0, help="flow-matching timestep shift used for sampling")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
+    p.add_argument("--work", type=Path, default=None, help=f"work folder (default: assets/models/{NAME}.work)")
+    p.add_argument("--out", type=Path, default=None, help=f"model folder (default: assets/models/{NAME})")
+    p.add_argument("--eval-n", type=int, default=200, help="held-out prompts for the oracle evaluation")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    work = args.work or asset_path("models", NAME + ".work")
+    out = args.out or asset_path("models", NAME)
+    work.mkdir(parents=True, exist_ok=True)
+    logf = open(work / "train_log.jsonl", "a")
+
+    def log(line: str) -> None:
+        logf.write(line + "\n")
+        logf.flush()
+
+    t0 = time.time()
+    log(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}}))
+    if args.stage in ("all", "vae"):
+        train_vae(work, args.vae_steps, args.seed, bank=args.bank, log=log)
+        log(json.dumps({"stage": "vae", "done_s": time.time() - t0}))
+    if args.stage in ("all", "dit"):
+        save_pipeline(train_dit(work, args.steps, args.seed, batch=args.batch, bank=args.bank, log=log), out, args.shift)
+        log(json.dumps({"stage": "dit", "done_s": time.time() - t0}))
+    if args.stage in ("all", "dit", "eval"):
+        from mmalign.align.checkpoint import atomic_write_text
+
+        result = evaluate_model(out, n=args.eval_n, seed=0)
+        result["train_wall_s"] = round(time.time() - t0, 1)
+        atomic_write_text(out / "eval.json", json.dumps(result, indent=1) + "\n")
+        log(json.dumps({"stage": "eval", **result}))
+        print(json.dumps(result))
+    print(f"done in {(time.time() - t0) / 60:.1f} min; pipeline in {out}")
+
+
+if __name__ == "__main__":
+    main()
