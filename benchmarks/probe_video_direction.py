@@ -1,15 +1,16 @@
 """Does ``synth-video`` use the direction word of "a red circle moving left"? A diagnostic, not a speed test.
 
-    python benchmarks/probe_video_direction.py            # 6 min on a shared 2-core CPU
+    python benchmarks/probe_video_direction.py            # 1 min (synth-video, one CPU thread)
     python benchmarks/probe_video_direction.py --generator runs/my-video-model
 
 For rendered motion videos it measures the model's training loss (its adapter's objective: epsilon,
-v or flow velocity) at several noise levels (timesteps t of the adapter's schedule) under three prompts: the true one, the same prompt with the direction
-reversed ("left" <-> "right", "up" <-> "down"), and, as a control, with the color swapped. A model
-that uses a word has a higher loss under the wrong word. It also reports how much of the latent
-variance the direction alone explains (the x0 error of the per-direction mean video vs the mean of
-all motion videos; fitted on the same videos, so about 3/n too high): the signal a perfect model could draw from the word where the noisy input
-shows nothing (the largest noise levels). Writes ``OUT`` (JSON).
+v or flow velocity) at several timesteps t of its schedule under three prompts: the true one, the
+same prompt with the direction reversed ("left" <-> "right", "up" <-> "down"), and, as a control,
+with the color swapped. A model that uses a word has a higher loss under the wrong word. It also
+reports how much of the latent variance the direction alone explains (the x0 error of the
+per-direction mean video vs the mean of all motion videos; fitted on the same videos, so about 3/n
+too high): the signal a perfect model could draw from the word where the noisy input shows nothing
+(the largest noise levels). Writes ``OUT`` (JSON).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """AnimateDiff on SDXL (``AnimateDiffSDXLPipeline``; Guo et al. 2024): a MotionAdapter inserted into
 an SDXL UNet. Conditioning is SDXL's (both encoders, pooled embedding, ``add_time_ids``) and video
-latents are ``[B, C, T, h, w]``; the objective is the SDXL UNet's. ``synth-video`` is of this family.
+latents are ``[B, C, T, h, w]``; the objective is the SDXL UNet's.
 """
 
 from __future__ import annotations

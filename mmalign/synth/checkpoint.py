@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -56,3 +57,35 @@ def save_atomic(module: Any, out: Path) -> None:
     module.save_pretrained(tmp)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
+
+
+def add_run_args(parser: argparse.ArgumentParser, name: str) -> None:
+    """The options every synth training script shares: seed, threads, work and output folders."""
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
+    parser.add_argument("--work", type=Path, default=None, help=f"work folder (default: assets/models/{name}.work)")
+    parser.add_argument("--out", type=Path, default=None, help=f"model folder (default: assets/models/{name})")
+
+
+def start_run(args: argparse.Namespace, name: str) -> tuple[Path, Path, Log]:
+    """Apply ``--threads``, resolve the work and output folders and open the run log (which gets the arguments)."""
+    from mmalign.paths import asset_path
+
+    torch.set_num_threads(args.threads)
+    work = args.work or asset_path("models", name + ".work")
+    out = args.out or asset_path("models", name)
+    log = run_log(work)
+    log(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}}))
+    return work, out, log
+
+
+def run_log(work: Path) -> Log:
+    """A logger appending JSON lines to ``WORK/train_log.jsonl`` (flushed per line, so a killed run keeps its log)."""
+    work.mkdir(parents=True, exist_ok=True)
+    fh = open(work / "train_log.jsonl", "a")  # noqa: SIM115 (open for the life of the run)
+
+    def log(line: str) -> None:
+        fh.write(line + "\n")
+        fh.flush()
+
+    return log

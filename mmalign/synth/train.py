@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from mmalign.generators._common import write_defaults
 from mmalign.paths import asset_path
-from mmalign.synth.checkpoint import StageCheckpoint, save_atomic
+from mmalign.synth.checkpoint import StageCheckpoint, run_log, save_atomic
 from mmalign.synth.prompts import sample_prompts
 from mmalign.synth.render import render
 
@@ -224,18 +224,17 @@ class ResumableStage:
 
 def epsilon_loss(unet, tok, te1, te2, alphas: torch.Tensor, x0: torch.Tensor, prompts: list[str],
                  g: torch.Generator) -> torch.Tensor:
-    """SDXL's epsilon objective on a batch of latents ``x0`` (images ``[B,C,h,w]`` or videos ``[B,C,T,h,w]``),
-    with 10% empty prompts for classifier-free guidance."""
+    """SDXL's epsilon objective on a batch of image latents ``x0``, with 10% empty prompts for
+    classifier-free guidance."""
     batch = len(x0)
     texts = [p if torch.rand((), generator=g) > 0.1 else "" for p in prompts]
     emb, pooled = _encode_text(tok, te1, te2, texts)
     noise = torch.randn(x0.shape, generator=g)
     t = torch.randint(0, 1000, (batch,), generator=g)
-    a = alphas[t].view(-1, *[1] * (x0.ndim - 1))
+    a = alphas[t].view(-1, 1, 1, 1)
     xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-    frames = x0.shape[2] if x0.ndim == 5 else 1  # as AnimateDiffSDXLPipeline: text embeddings repeated per frame
     time_ids = torch.tensor([IMAGE_SIZE, IMAGE_SIZE, 0, 0, IMAGE_SIZE, IMAGE_SIZE], dtype=torch.float32)
-    pred = unet(xt, t, encoder_hidden_states=emb.repeat_interleave(frames, dim=0),
+    pred = unet(xt, t, encoder_hidden_states=emb,
                 added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids.expand(batch, 6)}).sample
     return F.mse_loss(pred, noise)
 
@@ -282,66 +281,10 @@ def assemble_sdxl(out: Path, vae, te1, te2, tok, unet, scheduler) -> None:
     write_defaults(out / "pipeline", {"family": "sdxl", **SAMPLING_DEFAULTS})
 
 
-def video_bank(n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
-    """``n`` rendered training videos ``[n, T, 3, 32, 32]`` and their prompts."""
-    prompts = sample_prompts("video", n, seed=seed, split="train")
-    return render(prompts, seed=seed).pixels, prompts
-
-
-def build_motion_adapter():
-    from diffusers import MotionAdapter
-
-    return MotionAdapter(
-        block_out_channels=(48, 96),
-        motion_layers_per_block=1,
-        motion_num_attention_heads=4,
-        motion_norm_num_groups=16,
-        motion_max_seq_length=16,
-        use_motion_mid_block=True,
-    )
-
-
-def train_video(out: Path, image_pipeline: Path, steps: int, seed: int, batch: int = 8, lr: float = 5e-4,
-                ema_decay: float = 0.995, log=print) -> None:
-    """``synth-video``: AnimateDiff on the ``synth-sdxl`` pipeline (``AnimateDiffSDXLPipeline``).
-
-    As AnimateDiff trains its motion modules on a frozen image model, the spatial UNet stays as
-    trained on images; the motion modules, the cross-attention layers and the text encoders learn
-    the new words (motion, static, change over time) from rendered videos, with the same epsilon
-    objective and 10% empty prompts. Resumable and stoppable like the image stage.
-    """
-    from diffusers import AnimateDiffSDXLPipeline, StableDiffusionXLPipeline, UNetMotionModel
-
-    torch.manual_seed(seed)
-    base = StableDiffusionXLPipeline.from_pretrained(image_pipeline)
-    tok, vae, te1, te2, scheduler = base.tokenizer, base.vae.eval(), base.text_encoder, base.text_encoder_2, base.scheduler
-    adapter = build_motion_adapter()
-    unet = UNetMotionModel.from_unet2d(base.unet, adapter)
-    for n, p in unet.named_parameters():
-        p.requires_grad_("motion_modules" in n or ".attn2." in n)
-    te1.requires_grad_(True)
-    te2.requires_grad_(True)
-    videos, prompts = video_bank(4000, seed + 2)
-    b, t = videos.shape[:2]
-    lat = _encode_bank(vae, videos.reshape(b * t, *videos.shape[2:]))
-    latents = lat.reshape(b, t, *lat.shape[1:]).permute(0, 2, 1, 3, 4).contiguous()
-    del videos, lat
-    stage = ResumableStage(out, "video", torch.nn.ModuleList([unet, te1, te2]), lr, 100, seed, ema_decay,
-                           250, log)
-    log(json.dumps({"video_trainable_params": sum(p.numel() for p in stage.params)}))
-    stage.run(unet, tok, te1, te2, scheduler.alphas_cumprod, latents, prompts, steps, batch, "video")
-    unet, te1, te2 = stage.ema
-    pipe = AnimateDiffSDXLPipeline(
-        vae=vae, text_encoder=te1.eval(), text_encoder_2=te2.eval(), tokenizer=tok, tokenizer_2=tok,
-        unet=unet.eval(), motion_adapter=adapter, scheduler=scheduler, force_zeros_for_empty_prompt=False,
-    )
-    save_atomic(pipe, out / "pipeline")
-    write_defaults(out / "pipeline", {"family": "animatediff_sdxl", **SAMPLING_DEFAULTS, "num_frames": 8, "fps": 8.0})
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=["synth-sdxl", "synth-video"], default="synth-sdxl")
+    p.add_argument("--model", choices=["synth-sdxl"], default="synth-sdxl",
+                   help="synth-video and synth-audio have their own scripts: mmalign.synth.train_video / train_audio")
     p.add_argument("--stage", choices=["all", "vae", "unet"], default="all", help="synth-sdxl stages")
     p.add_argument("--vae-steps", type=int, default=600)
     p.add_argument("--steps", type=int, default=8000, help="UNet training steps")
@@ -353,20 +296,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     work = args.work or asset_path("models", args.model + ".work")
-    work.mkdir(parents=True, exist_ok=True)
-    logf = open(work / "train_log.jsonl", "a")
-
-    def log(line: str) -> None:
-        logf.write(line + "\n")
-        logf.flush()
+    log = run_log(work)
 
     t0 = time.time()
-    if args.model == "synth-video":
-        image_pipeline = asset_path("models", "synth-sdxl")
-        train_video(work, image_pipeline, args.steps, args.seed, log=log)
-        log(json.dumps({"stage": "video", "done_s": time.time() - t0}))
-        print(f"done in {(time.time() - t0) / 60:.1f} min; pipeline in {work / 'pipeline'}")
-        return
     if args.stage in ("all", "vae"):
         train_vae(work, args.vae_steps, args.seed, log=log)
         log(json.dumps({"stage": "vae", "done_s": time.time() - t0}))

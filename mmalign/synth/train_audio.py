@@ -43,8 +43,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mmalign.paths import asset_path
-from mmalign.synth.checkpoint import Log, StageCheckpoint, save_atomic
+from mmalign.synth.checkpoint import (
+    Log,
+    StageCheckpoint,
+    add_run_args,
+    save_atomic,
+    start_run,
+)
 from mmalign.synth.prompts import sample_prompts
 from mmalign.synth.render import render
 
@@ -352,24 +357,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--bank", type=int, default=1500, help="rendered training melodies per stage")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
-    p.add_argument("--work", type=Path, default=None, help=f"work folder (default: assets/models/{NAME}.work)")
-    p.add_argument("--out", type=Path, default=None, help=f"model folder (default: assets/models/{NAME})")
+    add_run_args(p, NAME)
     p.add_argument("--eval-n", type=int, default=60, help="held-out prompts for the oracle evaluation")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    work = args.work or asset_path("models", NAME + ".work")
-    out = args.out or asset_path("models", NAME)
-    work.mkdir(parents=True, exist_ok=True)
-    logf = open(work / "train_log.jsonl", "a")
-
-    def log(line: str) -> None:
-        logf.write(line + "\n")
-        logf.flush()
-
+    work, out, log = start_run(args, NAME)
     t0 = time.time()
-    log(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}}))
     if args.stage in ("all", "vae"):
         train_vae(work, args.vae_steps, args.seed, bank=args.bank, batch=args.vae_batch, log=log)
         log(json.dumps({"stage": "vae", "done_s": time.time() - t0}))

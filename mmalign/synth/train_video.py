@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from mmalign.paths import asset_path
-from mmalign.synth.checkpoint import save_atomic
+from mmalign.synth.checkpoint import add_run_args, save_atomic, start_run
 from mmalign.synth.prompts import sample_prompts
 from mmalign.synth.render import render
 from mmalign.synth.train import ResumableStage
@@ -194,28 +194,15 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=["all", "vae", "dit", "eval"], default="all")
     p.add_argument("--vae-steps", type=int, default=1200)
-    p.add_argument("--steps", type=int, default=4000, help="DiT training steps")
+    p.add_argument("--steps", type=int, default=8000, help="DiT training steps")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--bank", type=int, default=4000, help="rendered training videos per stage")
     p.add_argument("--shift", type=float, default=1.0, help="flow-matching timestep shift used for sampling")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
-    p.add_argument("--work", type=Path, default=None, help=f"work folder (default: assets/models/{NAME}.work)")
-    p.add_argument("--out", type=Path, default=None, help=f"model folder (default: assets/models/{NAME})")
+    add_run_args(p, NAME)
     p.add_argument("--eval-n", type=int, default=200, help="held-out prompts for the oracle evaluation")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    work = args.work or asset_path("models", NAME + ".work")
-    out = args.out or asset_path("models", NAME)
-    work.mkdir(parents=True, exist_ok=True)
-    logf = open(work / "train_log.jsonl", "a")
-
-    def log(line: str) -> None:
-        logf.write(line + "\n")
-        logf.flush()
-
+    work, out, log = start_run(args, NAME)
     t0 = time.time()
-    log(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}}))
     if args.stage in ("all", "vae"):
         train_vae(work, args.vae_steps, args.seed, bank=args.bank, log=log)
         log(json.dumps({"stage": "vae", "done_s": time.time() - t0}))
