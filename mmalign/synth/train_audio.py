@@ -1,7 +1,7 @@
 """Train the shipped ``synth-audio`` generator of the synthetic world (reproducible, seeded, CPU).
 
     python -m mmalign.synth.train_audio                         # VAE, then DiT + T5 + projection, then eval
-    python -m mmalign.synth.train_audio --stage dit --steps 3000 # resume / continue one stage
+    python -m mmalign.synth.train_audio --stage dit --steps 6000 # resume / continue one stage
 
 ``synth-audio`` is a real :class:`~diffusers.StableAudioPipeline` (Evans et al. 2024, "Stable Audio
 Open") on 16 kHz mono, 1 s melodies:
@@ -352,8 +352,8 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=["all", "vae", "dit", "eval"], default="all")
-    p.add_argument("--vae-steps", type=int, default=1500)
-    p.add_argument("--steps", type=int, default=1200, help="DiT training steps")
+    p.add_argument("--vae-steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=3000, help="DiT training steps")
     p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--bank", type=int, default=1500, help="rendered training melodies per stage")
