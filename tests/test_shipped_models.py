@@ -11,6 +11,8 @@ from mmalign.media import ImageBatch, VideoBatch
 from mmalign.paths import asset_path
 
 PRESETS = {"synth-sdxl": ImageBatch, "synth-video": VideoBatch}
+#: "measurably good": per-skill accuracy bars (uniform chance: color 1/5, shape 1/3, motion 1/4)
+GOOD = {"synth-sdxl": {"color": 0.9, "shape": 0.43}, "synth-video": {"color": 0.9, "shape": 0.43, "motion": 0.35}}
 
 
 def _require(name: str):
@@ -41,4 +43,7 @@ def test_recorded_heldout_accuracy_reproduces(name):
     for skill, acc in recorded["accuracy"].items():
         assert result["accuracy"][skill] == pytest.approx(acc, abs=0.02), skill
     # measurably good and measurably imperfect
+    for skill, bar in GOOD[name].items():
+        assert result["accuracy"][skill] >= bar, skill
     assert 0.0 < result["faithfulness"] < 1.0
+    assert min(result["accuracy"].values()) < 1.0
