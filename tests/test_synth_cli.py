@@ -1,5 +1,6 @@
 """`mmalign synth render` + `mmalign synth check`: a round trip through files (PNG, MP4, WAV) keeps
-the oracle at ≥ 99% per skill, and a corrupt file is reported and skipped."""
+the oracle at ≥ 99% per skill, and a corrupt file is reported and skipped; `mmalign synth eval`
+scores a generator on either prompt split."""
 
 import pytest
 import typer
@@ -36,3 +37,20 @@ def test_check_skips_a_corrupt_file(app, tmp_path):
     r = runner.invoke(app, ["synth", "check", str(tmp_path)], terminal_width=200)
     assert r.exit_code == 0, r.output
     assert "image (3)" in r.output and "skipped" in r.output and "00001.png" in r.output
+
+
+def test_eval_on_the_train_split(app, tmp_path):
+    import json
+
+    from mmalign.errors import InputError
+    from mmalign.generators.tiny import save_tiny
+
+    folder = save_tiny("sdxl", tmp_path / "model")
+    out = tmp_path / "eval.json"
+    args = ["synth", "eval", "--generator", str(folder), "--n", "3", "--steps", "1", "--out", str(out)]
+    r = CliRunner().invoke(app, [*args, "--split", "train"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(out.read_text())
+    assert result["split"] == "train" and result["n"] == 3 and "color" in result["accuracy"]
+    r = CliRunner().invoke(app, [*args, "--split", "test"])
+    assert isinstance(r.exception, InputError) and "unknown split" in str(r.exception)

@@ -106,17 +106,18 @@ def check_cmd(
 @synth_app.command("eval")
 def eval_cmd(
     generator: str = typer.Option(..., "--generator", help="Generator preset or folder, e.g. synth-sdxl."),
-    n: int = typer.Option(200, help="Number of held-out prompts."),
+    n: int = typer.Option(200, help="Number of prompts."),
     seed: int = typer.Option(0, help="Seed for prompts and sampling."),
+    split: str = typer.Option("heldout", help="Prompt split: heldout (never trained on) or train (seen prompts, new seeds)."),
     steps: Optional[int] = typer.Option(None, help="Sampling steps (default: the generator's)."),
     guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale."),
     out: Optional[Path] = typer.Option(None, help="Write the JSON result here."),
 ) -> None:
-    """Oracle per-skill accuracy of a generator on a fixed held-out prompt set."""
+    """Oracle per-skill accuracy of a generator on a fixed held-out (or train-split) prompt set."""
     from mmalign.synth.evaluate import evaluate_generator
 
-    result = evaluate_generator(generator, n=n, seed=seed, steps=steps, guidance=guidance)
-    console.print(accuracy_table(f"{generator}: oracle on {n} held-out prompts (seed {seed})", {generator: result["accuracy"]}))
+    result = evaluate_generator(generator, n=n, seed=seed, steps=steps, guidance=guidance, split=split)
+    console.print(accuracy_table(f"{generator}: oracle on {n} {split} prompts (seed {seed})", {generator: result["accuracy"]}))
     console.print(f"faithfulness {result['faithfulness']:.3f}  quality {result['quality']:.3f}")
     if out:
         import os

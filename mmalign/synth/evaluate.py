@@ -15,8 +15,11 @@ def evaluate_generator(
     steps: int | None = None,
     guidance: float | None = None,
     progress: bool = True,
+    split: str = "heldout",
 ) -> dict[str, Any]:
     """Sample one item for each of ``n`` held-out prompts (seeded) and score them with the oracle.
+    ``split="train"`` uses prompts of the training split instead (seen prompts, new noise): the gap
+    to held-out is what the model fails to generalise to unseen combinations.
 
     ``generator`` is a loaded :class:`~mmalign.generators.base.Generator` or a name for
     :func:`~mmalign.generators.load_generator`.
@@ -27,13 +30,14 @@ def evaluate_generator(
         name, generator = generator, load_generator(generator)
     else:
         name = type(generator).__name__
-    prompts = sample_prompts(generator.modality, n, seed=seed, split="heldout")
+    prompts = sample_prompts(generator.modality, n, seed=seed, split=split)
     media = generator.sample(prompts, n=1, seed=seed, steps=steps, guidance=guidance, progress=progress)
     result = evaluate(media, prompts)
     return {
         "generator": name,
         "n": n,
         "seed": seed,
+        "split": split,
         "accuracy": result.per_skill_accuracy(),
         "faithfulness": float(result.faithfulness.mean()),
         "quality": float(result.quality.mean()),
