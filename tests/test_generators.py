@@ -332,3 +332,15 @@ def test_sample_cli_writes_media_manifest_and_grid(tmp_path):
         assert (outs[0] / r["file"]).read_bytes() == (outs[1] / r["file"]).read_bytes()
     res = CliRunner().invoke(app, ["sample", "--generator", str(folder), "--out", str(tmp_path / "c")])
     assert res.exit_code != 0 and isinstance(res.exception, InputError)
+
+
+def test_half_precision_load_keeps_fp32_only_modules(tmp_path):
+    """``torch_dtype`` goes to ``from_pretrained`` only: a second ``.to(dtype)`` would cast the modules a
+    model keeps in fp32 (Wan's norms and modulation table) to half precision."""
+    from mmalign.generators import load_generator
+    from mmalign.generators.tiny import save_tiny
+
+    gen = load_generator(str(save_tiny("wan", tmp_path / "wan")), device="cpu", dtype="bfloat16")
+    transformer = gen.pipe.transformer
+    assert transformer.scale_shift_table.dtype == torch.float32
+    assert transformer.blocks[0].attn1.to_q.weight.dtype == torch.bfloat16

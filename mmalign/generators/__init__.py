@@ -150,7 +150,8 @@ def load_generator(id_or_path_or_preset: str | os.PathLike, family: str | None =
             raise ConfigError(f"{source} is a {type(pipe).__name__}, not a supported generator; "
                               f"supported pipelines: {sorted(k for k in CLASS_TO_FAMILY if k != 'musicgen')}")
         cls = family_class(family)
-    pipe = pipe.to(dev, dt)
+    # device only: the dtype came with from_pretrained, which keeps a model's fp32-only modules (Wan's norms) in fp32
+    pipe = pipe.to(dev)
     gen = cls(pipe, dev, defaults)
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
     from mmalign.generators.attention import set_attention_backend
