@@ -184,7 +184,7 @@ class ResumableStage:
                  ema_decay: float, every: int, log=print) -> None:
         import copy
 
-        self.modules, self.ema_decay, self.every, self.log = modules, ema_decay, every, log
+        self.ema_decay, self.every, self.log = ema_decay, every, log
         self.ema = copy.deepcopy(modules).requires_grad_(False)
         self.pairs = [(e, p) for e, p in zip(self.ema.parameters(), modules.parameters()) if p.requires_grad]
         self.params = [p for _, p in self.pairs]

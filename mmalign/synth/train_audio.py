@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from mmalign.align.checkpoint import atomic_write_text
 from mmalign.synth.checkpoint import (
     Log,
     StageCheckpoint,
@@ -340,12 +340,6 @@ def majority_baseline(prompts: list[str]) -> dict[str, float]:
             for skill in ("register", "tempo", "timbre")}
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------------------------------
 
 
@@ -372,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage in ("all", "dit", "eval"):
         result = evaluate_model(out, n=args.eval_n, seed=0)
         result["train_wall_s"] = round(time.time() - t0, 1)
-        write_json(out / "eval.json", result)
+        atomic_write_text(out / "eval.json", json.dumps(result, indent=2) + "\n")
         log(json.dumps({"stage": "eval", **result}))
         print(json.dumps(result["samples"]), json.dumps(result["vae_reconstruction"]))
     print(f"done in {(time.time() - t0) / 60:.1f} min; pipeline in {out}")

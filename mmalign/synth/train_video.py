@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mmalign.paths import asset_path
 from mmalign.synth.checkpoint import add_run_args, save_atomic, start_run
 from mmalign.synth.prompts import sample_prompts
 from mmalign.synth.render import render
@@ -43,9 +42,9 @@ SAMPLING_DEFAULTS = {"steps": 20, "guidance": 4.0, "num_frames": FRAMES, "fps": 
 
 
 def tokenizer():
-    from transformers import T5Tokenizer
+    from mmalign.generators.tiny import t5_tokenizer
 
-    tok = T5Tokenizer.from_pretrained(str(asset_path("tokenizers", "t5-synth")))
+    tok = t5_tokenizer()
     tok.model_max_length = MAX_TOKENS
     return tok
 
