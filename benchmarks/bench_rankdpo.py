@@ -17,7 +17,6 @@ it beats pairwise DPO; this script reports whatever we measure. Writes ``OUT/rep
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -39,7 +38,8 @@ def main() -> None:
 
     from rich.console import Console
 
-    from mmalign.align.demo import _table, _write_json, compare_models, validation_prompts
+    from mmalign.align.demo import _table, compare_models, validation_prompts
+    from mmalign.fileio import atomic_write_json
     from mmalign.align.trainer import lora_disabled, train
     from mmalign.data.build import build_preferences
     from mmalign.generators import load_generator
@@ -82,7 +82,7 @@ def main() -> None:
 
     votes = panel_votes(samples["rankdpo"], samples["diffusion-dpo"], eval_prompts, args.annotators, args.seed)
     report["rankdpo_vs_dpo_win_rate"] = bootstrap_ci(votes.mean(0), seed=args.seed)
-    _write_json(out / "report.json", report)
+    atomic_write_json(out / "report.json", report)
     for method in ("diffusion-dpo", "rankdpo"):
         w, f = report[method]["win_rate"], report[method]["oracle"]["faithfulness"]["delta"]
         console.print(f"{method:14s} win-rate vs base {100 * w[0]:.1f}% [{100 * w[1]:.1f}, {100 * w[2]:.1f}]; "

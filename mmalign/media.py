@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 from PIL import Image, ImageOps
 
 from mmalign.errors import ConfigError, InputError
+from mmalign.fileio import atomic_write
 
 Modality = str  # "image" | "video" | "audio"
 MODALITIES: tuple[str, ...] = ("image", "video", "audio")
@@ -574,18 +574,6 @@ _PIL_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
 _VIDEO_CODECS: dict[str, tuple[str, str]] = {".mp4": ("mp4", "libx264"), ".webm": ("webm", "libvpx-vp9")}
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a hidden temp file in the same folder, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_video(frames: np.ndarray, fps: float, path: Path, ext: str, crf: int) -> None:
     """``frames`` ``[T, H, W, 3]`` uint8 to MP4 (H.264) / WebM (VP9) / GIF (per-frame adaptive palette)."""
     import av
@@ -675,19 +663,19 @@ def save_media(
         data = batch.data[i].detach().float().cpu().clamp(lo, 1.0)
         if ext == ".npy":
             arr = batch[i].to_numpy()[0].clip(lo, 1.0)
-            _atomic_write(path, lambda tmp: np.save(tmp, arr))
+            atomic_write(path, lambda tmp: np.save(tmp, arr))
         elif batch.modality == "image":
             pil_format, options = _PIL_OPTIONS[ext]
             image = Image.fromarray(_to_uint8(data, path.name).transpose(1, 2, 0))
-            _atomic_write(path, lambda tmp: image.save(tmp, format=pil_format, **options))
+            atomic_write(path, lambda tmp: image.save(tmp, format=pil_format, **options))
         elif batch.modality == "video":
             frames = _to_uint8(data, path.name).transpose(0, 2, 3, 1)
-            _atomic_write(path, lambda tmp: _write_video(frames, batch.fps, tmp, ext, crf))
+            atomic_write(path, lambda tmp: _write_video(frames, batch.fps, tmp, ext, crf))
         else:
             import soundfile as sf
 
             fmt = ext.lstrip(".").upper()
-            _atomic_write(path, lambda tmp: sf.write(str(tmp), data.numpy().T, batch.sample_rate, subtype="PCM_16", format=fmt))
+            atomic_write(path, lambda tmp: sf.write(str(tmp), data.numpy().T, batch.sample_rate, subtype="PCM_16", format=fmt))
     return paths
 
 

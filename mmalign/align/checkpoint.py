@@ -21,18 +21,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mmalign.errors import CheckpointError
+from mmalign.fileio import atomic_write_text
 
 PREFIX = "step-"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file, fsync and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict[str, Any]:
@@ -127,5 +118,4 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict, di
     return weights, opt, sched, rng, state
 
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "clean_partial", "atomic_write_text",
-           "rng_state", "set_rng_state"]
+__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "clean_partial", "rng_state", "set_rng_state"]

@@ -12,19 +12,17 @@
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from rich.console import Console
 from rich.table import Table
 
 from mmalign.errors import ConfigError
+from mmalign.fileio import atomic_write_json
 from mmalign.stats import bootstrap_ci
 
 
@@ -78,12 +76,6 @@ def validation_prompts(modality: str, n: int, seed: int, exclude: list[str]) -> 
     seen = set(exclude)
     draws = sample_prompts(modality, 50 * n, seed=seed, split="train")
     return ([p for p in draws if p not in seen] + draws)[:n]
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def compare_models(base, aligned, prompts: list[str], scorer, annotators: int, seed: int) -> dict[str, Any]:
@@ -204,7 +196,7 @@ def run_demo(modality: str | None = "image", seed: int = 0, out: Path | None = N
         video_contact_sheet(type(base).cat([base[show[:6]], aligned[show[:6]]])).save(out / "before_after.png")
     report.update(config=asdict(cfg), pairs=data.n_pairs, train={"steps": result.steps, "stopped": result.stopped,
                   "best_step": result.best_step, "eval_history": result.eval_history}, timings=timings)
-    _write_json(out / "report.json", report)
+    atomic_write_json(out / "report.json", report)
     console.print(_table(report, f"base vs aligned on {cfg.eval_prompts} held-out prompts (95% bootstrap CIs)"))
     w = report["win_rate"]
     verdict = "aligned beats base" if w[1] > 0.5 else ("no significant difference" if w[2] >= 0.5 else "base beats aligned")

@@ -39,7 +39,6 @@ from tqdm.auto import tqdm
 
 from mmalign.align import losses
 from mmalign.align.checkpoint import (
-    atomic_write_text,
     clean_partial,
     latest_checkpoint,
     load_checkpoint,
@@ -47,6 +46,7 @@ from mmalign.align.checkpoint import (
     set_rng_state,
 )
 from mmalign.align.config import Recipe, load_recipe
+from mmalign.fileio import atomic_write, atomic_write_text
 from mmalign.data.cache import EncodedData, encode_dataset
 from mmalign.data.pairs import PairDataset, RankingDataset, read_preferences
 from mmalign.errors import CheckpointError, ConfigError
@@ -567,9 +567,8 @@ def train(
 def _save_best(out: Path, params: dict[str, torch.nn.Parameter]) -> None:
     from safetensors.torch import save_file
 
-    tmp = out / f".best.{os.getpid()}.tmp"
-    save_file({k: v.detach().cpu().contiguous() for k, v in params.items()}, str(tmp))
-    os.replace(tmp, out / "best.safetensors")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in params.items()}
+    atomic_write(out / "best.safetensors", lambda tmp: save_file(tensors, str(tmp)))
 
 
 def _load_best(out: Path, params: dict[str, torch.nn.Parameter]) -> None:

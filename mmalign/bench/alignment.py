@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmalign.bench.runner import atomic_write_json, run_benchmark
+from mmalign.bench.runner import run_benchmark
 from mmalign.bench.suites import Entry, Suite, load_suite
+from mmalign.fileio import atomic_write_json
 
 DEGRADATIONS = ("none", "noise", "flicker", "blur", "wrong_color", "freeze", "shuffle")
 

@@ -21,13 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from mmalign.bench.dimensions import DIMENSIONS, GENEVAL_TASKS
-from mmalign.bench.runner import (
-    RunResult,
-    atomic_write_bytes,
-    atomic_write_json,
-    decode,
-)
+from mmalign.bench.runner import RunResult, decode
 from mmalign.errors import InputError
+from mmalign.fileio import atomic_write, atomic_write_json
 
 #: dimension -> (Min, Max, weight, group)   (§1.7)
 NORMALIZATION: dict[str, tuple[float, float, float, str]] = {
@@ -341,10 +337,10 @@ def write_report(run: RunResult, name: str | None = None, charts: bool = True) -
         pngs = {"radar": radar_chart(disp, run.suite.name), "dimensions": bar_chart(disp, run.suite.name)}
         for k, png in pngs.items():
             paths[k] = out / f"{k}.png"
-            atomic_write_bytes(paths[k], lambda tmp, png=png: Path(tmp).write_bytes(png))
+            atomic_write(paths[k], lambda tmp, png=png: Path(tmp).write_bytes(png))
     page = html_report(results, run, pngs)
     paths["html"] = out / "report.html"
-    atomic_write_bytes(paths["html"], lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    atomic_write(paths["html"], lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
     return paths
 
 
@@ -379,11 +375,11 @@ def leaderboard(paths: Sequence[str | Path], out: str | Path, names: Sequence[st
     series = {labels[i]: _display_scores(runs[i]) for i in order}
     pngs = {"bars": bar_chart(series, "leaderboard"), "radar": radar_chart(series, "leaderboard")}
     paths = {"markdown": out / "leaderboard.md", "json": out / "leaderboard.json", "html": out / "leaderboard.html"}
-    atomic_write_bytes(paths["markdown"], lambda tmp: Path(tmp).write_text("\n".join(md) + "\n"))
+    atomic_write(paths["markdown"], lambda tmp: Path(tmp).write_text("\n".join(md) + "\n"))
     atomic_write_json(paths["json"], {"header": header, "rows": rows})
     for k, png in pngs.items():
         paths[k] = out / f"leaderboard_{k}.png"
-        atomic_write_bytes(paths[k], lambda tmp, png=png: Path(tmp).write_bytes(png))
+        atomic_write(paths[k], lambda tmp, png=png: Path(tmp).write_bytes(png))
     table = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
     for row in rows:
         table += "<tr>" + "".join(f"<td>{_fmt(v) if not isinstance(v, str) else html.escape(v)}</td>" for v in row) + "</tr>"
@@ -391,5 +387,5 @@ def leaderboard(paths: Sequence[str | Path], out: str | Path, names: Sequence[st
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>mmalign leaderboard</title><style>{_CSS}</style>"
             f"</head><body><h1>Leaderboard</h1>{table}"
             + "".join(f"<h2>{k}</h2><img alt='{k}' src='{_b64(p)}'>" for k, p in pngs.items()) + "</body></html>")
-    atomic_write_bytes(paths["html"], lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    atomic_write(paths["html"], lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
     return paths

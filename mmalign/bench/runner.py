@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +46,7 @@ from mmalign.bench.detectors import Detection, DetectorBackbone
 from mmalign.bench.dimensions import Dimension, Sampling, get_dimension
 from mmalign.bench.suites import Item, Suite
 from mmalign.errors import InputError, MMAlignError
+from mmalign.fileio import atomic_write, atomic_write_json
 
 log = logging.getLogger(__name__)
 RECORD_VERSION = 1
@@ -62,35 +62,6 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Write via a temp file in the same folder and ``os.replace`` it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1, default=_json_default)
-
-    atomic_write_bytes(path, write)
-
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.tolist()
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(f"not JSON-serialisable: {type(x).__name__}")
 
 
 def decode(path: str, modality: str = "video") -> tuple[torch.Tensor, float]:
@@ -411,6 +382,6 @@ def _evaluate_item(item: Item, suite: Suite, dim_objs: dict[str, Dimension], act
         r = dim_objs[name].measure(inputs)
         results[name] = None if r is None else {**r, "prompt": item.prompt, "index": item.index}
     if use_cache and inputs.dirty:
-        atomic_write_bytes(cache_path, lambda tmp: torch.save(feat_cache, tmp))
+        atomic_write(cache_path, lambda tmp: torch.save(feat_cache, tmp))
     atomic_write_json(rec_path, {**base, "sha256": sha, "error": None, "dims": results,
                                  "frames": int(frames.shape[0]), "fps": fps, "size": [inputs.height, inputs.width]})

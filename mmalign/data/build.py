@@ -17,8 +17,6 @@ by :func:`mmalign.data.pairs.read_manifest`.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,6 +24,7 @@ from typing import Any, Sequence
 import torch
 
 from mmalign.errors import InputError
+from mmalign.fileio import atomic_write_json, atomic_write_jsonl
 from mmalign.media import save_media
 
 MODES = ("best-worst", "unifiedreward")
@@ -97,11 +96,6 @@ def read_prompts(source: str | Path, n: int | None, seed: int, modality: str) ->
     return prompts[:n] if n else prompts
 
 
-def _write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, path)
-
 
 def build_preferences(generator: Any, scorers: Sequence[Any], prompts: Sequence[str], out: str | Path, k: int = 4,
                       seed: int = 0, mode: str = "best-worst", batch_size: int = 8, progress: bool = True,
@@ -137,14 +131,12 @@ def build_preferences(generator: Any, scorers: Sequence[Any], prompts: Sequence[
               "scores": [psi[i, pick[0]].item(), psi[i, pick[1]].item()]}
              for i, (p, pick) in enumerate(zip(prompts, picks)) if pick is not None]
     out.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(out / "rankings.jsonl", rankings)
-    _write_jsonl(out / "pairs.jsonl", pairs)
+    atomic_write_jsonl(out / "rankings.jsonl", rankings)
+    atomic_write_jsonl(out / "pairs.jsonl", pairs)
     meta = {"generator": getattr(generator, "name", None) or type(generator).__name__, "scorers": scorer_names,
             "k": k, "seed": seed, "mode": mode, "prompts": len(prompts), "pairs": len(pairs),
             "ties": sum(1 for p in pairs if p["label"] == 0.5)}
-    tmp = out / f".meta.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8")
-    os.replace(tmp, out / "meta.json")
+    atomic_write_json(out / "meta.json", meta)
     return BuildResult(out, out / "pairs.jsonl", out / "rankings.jsonl", len(prompts), len(pairs), meta["ties"])
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -23,6 +22,7 @@ from tqdm.auto import tqdm
 
 from mmalign.data.pairs import PairDataset, RankingDataset
 from mmalign.errors import InputError
+from mmalign.fileio import atomic_write
 from mmalign.generators.base import DiffusionAdapter
 from mmalign.media import Media
 
@@ -152,11 +152,8 @@ def encode_dataset(
         path,
     )
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file(data.to_tensors(), str(tmp), metadata={"kind": kind, "generator": generator_id,
-                                                          "source": dataset.source, "version": str(CACHE_VERSION)})
-        os.replace(tmp, path)
+        meta = {"kind": kind, "generator": generator_id, "source": dataset.source, "version": str(CACHE_VERSION)}
+        atomic_write(path, lambda tmp: save_file(data.to_tensors(), str(tmp), metadata=meta))
     return data
 
 

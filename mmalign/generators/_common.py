@@ -12,7 +12,6 @@ The objectives are small pure functions so tests can check them against hand-com
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,6 +21,7 @@ from tqdm.auto import tqdm
 
 from mmalign.errors import ConfigError, InputError
 from mmalign.devices import resolve_device, resolve_dtype  # noqa: F401  (re-exported)
+from mmalign.fileio import atomic_write_json
 from mmalign.generators.base import Cond, DiffusionAdapter, Generator
 from mmalign.media import AudioBatch, ImageBatch, Media, VideoBatch
 
@@ -70,10 +70,7 @@ def read_defaults(folder: str | Path) -> dict[str, Any]:
 
 
 def write_defaults(folder: str | Path, defaults: dict[str, Any]) -> None:
-    path = Path(folder) / DEFAULTS_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(defaults, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_json(Path(folder) / DEFAULTS_FILE, defaults, indent=2, sort_keys=True)
 
 
 # --- the generator around a diffusers pipeline --------------------------------------------------

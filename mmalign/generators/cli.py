@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from mmalign.errors import InputError
+from mmalign.fileio import atomic_write, atomic_write_jsonl
 from mmalign.media import ImageBatch, Media, VideoBatch, image_grid, save_media, video_contact_sheet
 
 
@@ -32,9 +31,7 @@ def write_grid(media: Media, path: Path, columns: int) -> bool:
         sheet = video_contact_sheet(media, frames=media.pixels.shape[1])
     else:
         return False
-    tmp = path.with_name(f".{path.name}.tmp")
-    sheet.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"))
     return True
 
 
@@ -60,15 +57,12 @@ def sample_command(
     gen = load_generator(generator, device=device, attention=attention)
     media = gen.sample(texts, n=n, seed=seed, steps=steps, guidance=guidance, batch_size=batch_size, progress=not quiet)
     paths = save_media(media, out, names=[f"{i:05d}" for i in range(len(media))])
-    lines = []
+    rows = []
     for i, path in enumerate(paths):
         meta = media.metadata[i] if media.metadata else {}
-        lines.append(json.dumps({"file": Path(path).name, "prompt": media.prompts[i], "seed": seed,
-                                 "item_seed": meta.get("seed"), "index": meta.get("index", i),
-                                 "prompt_index": meta.get("prompt_index")}))
-    tmp = out / ".manifest.jsonl.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out / "manifest.jsonl")
+        rows.append({"file": Path(path).name, "prompt": media.prompts[i], "seed": seed, "item_seed": meta.get("seed"),
+                     "index": meta.get("index", i), "prompt_index": meta.get("prompt_index")})
+    atomic_write_jsonl(out / "manifest.jsonl", rows)
     if grid and not write_grid(media, out / "grid.png", columns=n):
         typer.echo("--grid: no contact sheet for audio", err=True)
     typer.echo(f"wrote {len(media)} {media.modality} samples to {out}")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from mmalign.errors import ConfigError, InputError
+from mmalign.fileio import atomic_write_jsonl
 
 _PROMPT_KEYS = ("prompt", "caption", "text")
 _FILE_KEYS = ("file", "path", "media", "image", "video", "audio")
@@ -72,14 +72,6 @@ def _summary(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
-
 
 def score_folder(scorer_name: str, media_dir: Path, prompts_file: Path | None = None, *, on_error: str = "raise",
                  batch_size: int = 32, device: str = "auto", progress: bool = True) -> tuple[list[dict], object]:
@@ -115,7 +107,7 @@ def register(app: typer.Typer) -> None:
         """Score a folder of media against prompts; write scores.jsonl and print mean, std, per prompt."""
         rows, report = score_folder(scorer, media, prompts_file, on_error=on_error, batch_size=batch_size, device=device,
                                     progress=not quiet)
-        write_jsonl(out, rows)
+        atomic_write_jsonl(out, rows)
         if report.skipped:
             typer.echo(str(report), err=True)
         typer.echo(f"{scorer}: {_summary(rows)}\nwrote {out}")

@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 import torch
 
 from mmalign.errors import CheckpointError, InputError
+from mmalign.fileio import atomic_write, atomic_write_json, atomic_write_text
 from mmalign.scoring.base import Media, Scorer
 from mmalign.scoring.losses import LN_100, pair_targets, preference_cross_entropy
 from mmalign.scoring.metrics import hpdv2_accuracy, pooled_pairwise_accuracy
@@ -203,8 +204,6 @@ def read_pairs(path) -> PairSet:
 def save_open_clip_folder(scorer, model_cfg: dict, out) -> None:
     """Weights (``open_clip_model.safetensors``), ``open_clip_config.json`` and the word tokenizer if any —
     a folder ``open_clip.create_model('local-dir:…')`` and ``load_scorer`` both read."""
-    import json
-    import os
     from pathlib import Path
 
     from safetensors.torch import save_file
@@ -214,22 +213,17 @@ def save_open_clip_folder(scorer, model_cfg: dict, out) -> None:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().cpu().contiguous() for k, v in scorer.model.state_dict().items()}
-    tmp = out / "open_clip_model.safetensors.tmp"
-    save_file(sd, str(tmp))
-    os.replace(tmp, out / "open_clip_model.safetensors")
+    atomic_write(out / "open_clip_model.safetensors", lambda tmp: save_file(sd, str(tmp)))
     files = {"open_clip_config.json": {"model_cfg": model_cfg, "preprocess_cfg": {"size": scorer.preprocess.size}}}
     if isinstance(scorer.tokenizer, WordTokenizer):
         files["tokenizer.json"] = scorer.tokenizer.to_dict()
     for name, obj in files.items():
-        t = out / (name + ".tmp")
-        t.write_text(json.dumps(obj, indent=1))
-        os.replace(t, out / name)
+        atomic_write_json(out / name, obj)
 
 
 def save_trained(scorer, out, report: dict) -> None:
     """Save a trained open_clip-family scorer with a card (``out/card.yaml``, checkpoint source local)."""
     import json
-    import os
     from pathlib import Path
 
     import open_clip
@@ -252,7 +246,5 @@ def save_trained(scorer, out, report: dict) -> None:
     data = card.model_dump(mode="json", exclude_none=True)
     data["name"] = f"{card.name}-finetuned"
     data["checkpoint"] = {"source": "local", "path": str(out.resolve())}
-    tmp = out / "card.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
-    os.replace(tmp, out / "card.yaml")
-    (out / "train_report.json").write_text(json.dumps(report, indent=1))
+    atomic_write_text(out / "card.yaml", yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    atomic_write_json(out / "train_report.json", report)

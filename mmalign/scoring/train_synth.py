@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmalign.fileio import atomic_write_json
 from mmalign.media import AudioBatch, ImageBatch
 from mmalign.paths import asset_path
 from mmalign.scoring.tokenizer import WordTokenizer
@@ -170,11 +171,6 @@ def group_pairs(media, prompts: list[str], k: int, annotators):
 
 
 # -- saving -------------------------------------------------------------------------------------------
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
 
 def save_synth_hps(scorer, cfg: dict, out: Path) -> None:
     from mmalign.scoring.train import save_open_clip_folder
@@ -276,7 +272,7 @@ def run(scorer_name: str, out: Path, seed: int = 0, n_train: int = 600, n_eval: 
         save_synth_hps(scorer, cfg, out)
     else:
         save_synth_clap(scorer, fe, tok, out)
-    _atomic_json(out / "train_report.json", report)
+    atomic_write_json(out / "train_report.json", report)
     return report
 
 

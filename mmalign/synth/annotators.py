@@ -14,7 +14,6 @@ caption``) and JSONL manifests of pairs and k-wise rankings.
 from __future__ import annotations
 
 import io
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,16 +135,6 @@ def write_pickapic_parquet(path: str | os.PathLike, a: ImageBatch, b: ImageBatch
     return path
 
 
-def write_jsonl(path: str | os.PathLike, rows: Sequence[dict]) -> Path:
-    """Atomically write ``rows`` as JSON lines."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
-    return path
 
 
 def make_pairs(a: Media, b: Media, prompts: Sequence[str], annotator: Annotator) -> list[dict]:

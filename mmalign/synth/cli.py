@@ -48,9 +48,9 @@ def render_cmd(
     names = [f"{i:05d}{EXTENSIONS[modality]}" for i in range(n)]
     save_media(media, out, names=names)
     rows = [{"file": f, "prompt": p, "truth": t} for f, p, t in zip(names, prompts, media.metadata)]
-    from mmalign.synth.annotators import write_jsonl
+    from mmalign.fileio import atomic_write_jsonl
 
-    write_jsonl(Path(out) / "manifest.jsonl", rows)
+    atomic_write_jsonl(Path(out) / "manifest.jsonl", rows)
     console.print(f"wrote {n} {modality} items and manifest.jsonl to {out}")
 
 
@@ -120,11 +120,9 @@ def eval_cmd(
     console.print(accuracy_table(f"{generator}: oracle on {n} {split} prompts (seed {seed})", {generator: result["accuracy"]}))
     console.print(f"faithfulness {result['faithfulness']:.3f}  quality {result['quality']:.3f}")
     if out:
-        import os
+        from mmalign.fileio import atomic_write_json
 
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        os.replace(tmp, out)
+        atomic_write_json(out, result)
 
 
 def register(app: typer.Typer) -> None:

@@ -209,11 +209,11 @@ def main(argv: list[str] | None = None) -> None:
         save_pipeline(train_dit(work, args.steps, args.seed, batch=args.batch, bank=args.bank, log=log), out, args.shift)
         log(json.dumps({"stage": "dit", "done_s": time.time() - t0}))
     if args.stage in ("all", "dit", "eval"):
-        from mmalign.align.checkpoint import atomic_write_text
+        from mmalign.fileio import atomic_write_json
 
         result = evaluate_model(out, n=args.eval_n, seed=0)
         result["train_wall_s"] = round(time.time() - t0, 1)
-        atomic_write_text(out / "eval.json", json.dumps(result, indent=1) + "\n")
+        atomic_write_json(out / "eval.json", result)
         log(json.dumps({"stage": "eval", **result}))
         print(json.dumps(result))
     print(f"done in {(time.time() - t0) / 60:.1f} min; pipeline in {out}")
