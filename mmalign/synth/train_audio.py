@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mmalign.align.checkpoint import atomic_write_text
+from mmalign.fileio import atomic_write_json
 from mmalign.synth.checkpoint import (
     Log,
     StageCheckpoint,
@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage in ("all", "dit", "eval"):
         result = evaluate_model(out, n=args.eval_n, seed=0)
         result["train_wall_s"] = round(time.time() - t0, 1)
-        atomic_write_text(out / "eval.json", json.dumps(result, indent=2) + "\n")
+        atomic_write_json(out / "eval.json", result, indent=2)
         log(json.dumps({"stage": "eval", **result}))
         print(json.dumps(result["samples"]), json.dumps(result["vae_reconstruction"]))
     print(f"done in {(time.time() - t0) / 60:.1f} min; pipeline in {out}")
