@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Any
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     """Call ``write(tmp)`` on a temporary path next to ``path``, fsync it, then rename it over ``path``.
 
@@ -30,6 +34,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
         write(Path(tmp))
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file a normal file's mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,12 @@ import pytest
 import torch
 
 from mmalign.fileio import atomic_write, atomic_write_json, atomic_write_jsonl, atomic_write_text
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_failed_write_keeps_old_file_and_no_temp(tmp_path):
@@ -23,6 +30,7 @@ def test_failed_write_keeps_old_file_and_no_temp(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         atomic_write(target, crash)
     assert target.read_text() == "old"
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()  # as open() would create it, not mkstemp's 0600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
 
 

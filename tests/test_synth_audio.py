@@ -1,5 +1,5 @@
 """The shipped ``synth-audio`` generator (a trained StableAudioPipeline): loads through the preset,
-samples 16 kHz mono 1 s melodies deterministically, and its held-out oracle accuracy matches eval.json."""
+samples 8 kHz mono 1 s melodies deterministically, and its held-out oracle accuracy matches eval.json."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from mmalign.generators import load_generator
 from mmalign.media import AudioBatch
 from mmalign.paths import asset_path
 from mmalign.synth.prompts import sample_prompts
-from mmalign.synth.train_audio import majority_baseline
+from mmalign.synth.train_audio import SAMPLE_RATE, majority_baseline
 
 TRAIN_CMD = "python -m mmalign.synth.train_audio --seed 0"
 CHANCE = {"register": 1 / 3, "tempo": 1 / 2, "timbre": 1 / 3}
@@ -38,8 +38,8 @@ def test_samples_shape_rate_and_determinism(gen):
     b = gen.sample(prompts, n=1, seed=7, steps=3, progress=False)
     c = gen.sample(prompts, n=1, seed=8, steps=3, progress=False)
     assert isinstance(a, AudioBatch)
-    assert a.sample_rate == 16000
-    assert a.samples.shape == (3, 1, 16000)
+    assert a.sample_rate == SAMPLE_RATE == 8000
+    assert a.samples.shape == (3, 1, SAMPLE_RATE)
     assert torch.isfinite(a.samples).all() and a.samples.abs().max() <= 1.0
     assert a.samples.abs().mean() > 1e-3, "the model outputs silence"
     assert a.prompts == prompts
@@ -48,9 +48,9 @@ def test_samples_shape_rate_and_determinism(gen):
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "known defect: synth-audio's tiny Oobleck VAE (hop 64, 1500 CPU steps) reconstructs register-level tones "
-    "but not timbre (sine and square come back with saw-like harmonics, low notes nearly silent): samples score "
-    "register 0.60, tempo 0.78, timbre 0.18 vs always-the-most-common-answer 0.65 / 0.62 / 0.55. Needs a longer VAE run."))
+    "known gap: synth-audio (8 kHz, VAE 1500 + DiT 1500 CPU steps) scores register 0.97, tempo 0.67, timbre 0.58 "
+    "on held-out prompts vs always-the-most-common-answer 0.65 / 0.62 / 0.55: above it on all three, but not by "
+    "the 0.05 margin on tempo and timbre; its VAE still decodes square waves as sines (timbre 0.55 on reconstructions)."))
 def test_recorded_accuracy_is_good_and_imperfect(folder):
     rec = json.loads((folder / "eval.json").read_text())
     acc = rec["samples"]

@@ -4,6 +4,7 @@ exactly the weights of an uninterrupted run, and the result loads as a generator
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,9 +39,44 @@ def test_audio_stages_resume_after_stop_exactly(tmp_path):
     _stop_and_resume(train_vae, "vae", straight, stopped, crop=2048, **kw)
     _assert_same(AutoencoderOobleck.from_pretrained(straight / "vae").state_dict(),
                  AutoencoderOobleck.from_pretrained(stopped / "vae").state_dict())
-    want, got = _stop_and_resume(train_dit, "dit", straight, stopped, **kw)
+    dit_with_dropout = functools.partial(train_dit, attr_dropout=0.3)  # its draws are part of the resumed RNG
+    want, got = _stop_and_resume(dit_with_dropout, "dit", straight, stopped, **kw)
     _assert_same(want.transformer.state_dict(), got.transformer.state_dict())
     _assert_same(want.text_encoder.state_dict(), got.text_encoder.state_dict())
+
+
+def test_speed_perturb_shifts_pitch_and_tempo_exactly():
+    from mmalign.synth.oracle import analyze_audio
+    from mmalign.synth.render import render
+    from mmalign.synth.train_audio import SAMPLE_RATE, speed_perturb
+
+    x = render(["a slow mid melody on a square synth"], seed=0, sample_rate=SAMPLE_RATE).samples[0]
+    before = analyze_audio(x[0].numpy(), SAMPLE_RATE)
+    for semitones in (-12, -5, 7, 12):
+        y = speed_perturb(x, 2 ** (semitones / 12))
+        assert y.shape[-1] == round(x.shape[-1] / 2 ** (semitones / 12))
+        after = analyze_audio(y[0].numpy(), SAMPLE_RATE)
+        assert abs(after["midi_median"] - before["midi_median"] - semitones) < 0.3
+        assert after["onsets"] == before["onsets"]  # same notes, faster or slower
+        assert abs(float(y.abs().max()) - float(x.abs().max())) < 0.02
+    assert torch.allclose(speed_perturb(x, 1.0), x, atol=1e-5)
+
+
+def test_drop_attributes_leaves_out_only_attribute_words():
+    from mmalign.synth.prompts import all_prompts
+    from mmalign.synth.train_audio import drop_attributes, tokenizer
+
+    prompts = all_prompts("audio")
+    g = torch.Generator().manual_seed(0)
+    assert drop_attributes(prompts, 0.0, g) == prompts
+    assert drop_attributes(prompts, 1.0, g) == ["a melody on a synth"] * len(prompts)
+    dropped = drop_attributes(prompts * 20, 0.3, g)
+    vocab = set(tokenizer().get_vocab())
+    for full, part in zip(prompts * 20, dropped):
+        assert set(part.split()) <= set(full.split()) and {"a", "melody", "on", "synth"} <= set(part.split())
+        assert all("\u2581" + w in vocab for w in part.split())  # no unknown tokens
+    kept = sum(len(p.split()) - 5 for p in dropped) / (3 * len(dropped))
+    assert 0.6 < kept < 0.8  # each of the 3 attribute words is kept with probability 0.7
 
 
 def test_video_stages_resume_after_stop_and_the_pipeline_loads(tmp_path):
