@@ -47,11 +47,9 @@ def test_samples_shape_rate_and_determinism(gen):
     assert not torch.equal(a.samples, c.samples)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known gap: synth-audio (8 kHz, VAE 1500 + DiT 1500 CPU steps) scores register 0.97, tempo 0.67, timbre 0.58 "
-    "on held-out prompts vs always-the-most-common-answer 0.65 / 0.62 / 0.55: above it on all three, but not by "
-    "the 0.05 margin on tempo and timbre; its VAE still decodes square waves as sines (timbre 0.55 on reconstructions)."))
 def test_recorded_accuracy_is_good_and_imperfect(folder):
+    """Each skill clearly (5 points) above both uniform chance and always answering the held-out set's most
+    common value, and not every skill perfect (issue 3: measurably good and measurably imperfect)."""
     rec = json.loads((folder / "eval.json").read_text())
     acc = rec["samples"]
     majority = majority_baseline(sample_prompts("audio", 60, seed=rec["seed"], split="heldout"))

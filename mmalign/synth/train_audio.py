@@ -413,7 +413,7 @@ def majority_baseline(prompts: list[str]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=["all", "vae", "dit", "eval"], default="all")
-    p.add_argument("--vae-steps", type=int, default=1500)
+    p.add_argument("--vae-steps", type=int, default=3000)
     p.add_argument("--steps", type=int, default=1500, help="DiT training steps")
     p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--batch", type=int, default=32)
