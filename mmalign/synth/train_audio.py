@@ -82,10 +82,14 @@ def tokenizer():
 
 
 def build_vae():
+    """Oobleck VAE, 8 latent channels at 250 frames/s. Decoder width 32: at 16 the decoder returned the
+    harmonics above about 1 kHz at 1–10% of their energy, so square waves above the low register and
+    high sawtooths came back as sines (held-out timbre 73% on reconstructions after 3000 steps); at 32 every
+    combination comes back right (100%, same data and steps)."""
     from diffusers import AutoencoderOobleck
 
     return AutoencoderOobleck(encoder_hidden_size=2 * LATENT_CHANNELS, downsampling_ratios=list(RATIOS),
-                              channel_multiples=[1, 2, 4], decoder_channels=16,
+                              channel_multiples=[1, 2, 4], decoder_channels=32,
                               decoder_input_channels=LATENT_CHANNELS, audio_channels=1, sampling_rate=SAMPLE_RATE)
 
 
@@ -414,7 +418,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=["all", "vae", "dit", "eval"], default="all")
     p.add_argument("--vae-steps", type=int, default=3000)
-    p.add_argument("--steps", type=int, default=1500, help="DiT training steps")
+    p.add_argument("--steps", type=int, default=3000, help="DiT training steps")
     p.add_argument("--vae-batch", type=int, default=16)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--bank", type=int, default=1500, help="rendered training melodies per stage")
