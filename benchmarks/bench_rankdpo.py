@@ -38,7 +38,7 @@ def main() -> None:
 
     from rich.console import Console
 
-    from mmalign.align.demo import _table, compare_models, validation_prompts
+    from mmalign.demo import _table, compare_models, validation_prompts
     from mmalign.fileio import atomic_write_json
     from mmalign.align.trainer import lora_disabled, train
     from mmalign.data.build import build_preferences

@@ -5,9 +5,9 @@
 
 * ours — ``load_scorer(card)`` once, then ``score(images, prompts, batch_size=B)`` (HPS letterbox
   preprocessing on tensors, raw cosine);
-* reload loop — what callers of the reference ``hpsv2.score`` do per image (reference/scorers.md
-  §2.4): for every image, ``torch.load`` the checkpoint and ``load_state_dict`` it into the cached
-  model, preprocess the one image, tokenize the prompt, forward one image;
+* reload loop — what callers of the reference ``hpsv2.score`` do per image (tgxs002/HPSv2
+  @ 866735e, ``hpsv2/img_score.py``: ``score`` reloads the checkpoint on every call): for every
+  image, ``torch.load`` the checkpoint and ``load_state_dict`` it into the cached model, preprocess the one image, tokenize the prompt, forward one image;
 * bare forward — a batched ``open_clip`` forward with the same preprocessing and no mmalign code
   (the overhead check: ours/bare should be ≥ 1.0x up to timing noise).
 

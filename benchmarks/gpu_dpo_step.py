@@ -64,7 +64,7 @@ def _pipe(full: bool, dtype: torch.dtype, device: torch.device):
     sched = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok,
                                      unet=unet, scheduler=sched)
-    pipe.vae.to(torch.float32)  # the script keeps the VAE in fp32 (training.md §1.6)
+    pipe.vae.to(torch.float32)  # the diffusers SDXL DPO script keeps the VAE in fp32
     pipe.unet.to(dtype), te1.to(dtype), te2.to(dtype)
     return pipe
 

@@ -1,10 +1,13 @@
-"""YAML cards (scorer cards in ``scorers/``, training recipes in ``recipes/``), validated by pydantic.
+"""The one configuration layer: YAML cards validated by pydantic.
 
-A card schema subclasses :class:`Card`, which forbids unknown keys. :func:`load_card` finds a card
-by name in the shipped folder (a checkout or an installed wheel, see :mod:`mmalign.paths`) or by
-path, applies ``--set a.b=c`` overrides (:func:`apply_overrides`) and validates it once. Every
-problem becomes one :class:`~mmalign.errors.ConfigError` that names the file, the dotted key and,
-for an unknown key, the nearest valid key.
+Scorer cards (``scorers/``), training recipes (``recipes/``), benchmark suites
+(``assets/suites/<name>/suite.yaml``), the demo's settings and the generator sidecar
+(``mmalign_generator.json``) are all :class:`Card` schemas, which forbid unknown keys.
+:func:`load_card` finds a card by name in the shipped folder (a checkout or an installed wheel, see
+:mod:`mmalign.paths`) or by path, applies ``--set a.b=c`` overrides (:func:`apply_overrides`, values
+parsed as YAML, keys checked against the schema) and validates it once (:func:`validate`). Every
+problem becomes one one-line :class:`~mmalign.errors.ConfigError` that names the file, the dotted key
+and, for an unknown key, the nearest valid key.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from mmalign.errors import ConfigError
-from mmalign.paths import shipped_dir
+from mmalign.paths import asset_path, shipped_dir
 
-Kind = Literal["scorers", "recipes"]
+Kind = Literal["scorers", "recipes", "suites"]
 C = TypeVar("C", bound="Card")
 _SUFFIXES = (".yaml", ".yml")
 
@@ -40,30 +43,51 @@ class Card(BaseModel):
         return self._source
 
 
-def list_cards(kind: Kind) -> list[str]:
-    """Names of the shipped cards of ``kind`` (file stems), sorted."""
-    folder = shipped_dir(kind)
+#: a suite is a folder holding this file (and its prompt file)
+SUITE_FILE = "suite.yaml"
+
+
+def _folder(kind: Kind) -> Path:
+    return asset_path("suites") if kind == "suites" else shipped_dir(kind)
+
+
+def _shipped(kind: Kind) -> dict[str, Path]:
+    """Shipped cards of ``kind``: name -> file (suites: the folder name -> ``<folder>/suite.yaml``)."""
+    folder = _folder(kind)
     if not folder.is_dir():
-        return []
-    return sorted(p.stem for p in folder.iterdir() if p.suffix in _SUFFIXES and not p.name.startswith("."))
+        return {}
+    if kind == "suites":
+        return {p.parent.name: p for p in sorted(folder.glob(f"*/{SUITE_FILE}"))}
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix in _SUFFIXES and not p.name.startswith(".")}
+
+
+def list_cards(kind: Kind) -> list[str]:
+    """Names of the shipped cards of ``kind``, sorted."""
+    return sorted(_shipped(kind))
 
 
 def find_card(path_or_name: str | os.PathLike, kind: Kind) -> Path:
-    """The file of a card: an existing path, or a shipped card's name (``"hpsv2.1"``, no extension)."""
+    """The file of a card: an existing path (a suite's folder too), or a shipped card's name (``"hpsv2.1"``)."""
     path = Path(path_or_name)
+    if kind == "suites" and path.is_dir() and (path / SUITE_FILE).is_file():
+        return path / SUITE_FILE
     if path.is_file():
         return path
     looks_like_path = path.suffix in _SUFFIXES or len(path.parts) > 1
-    if not looks_like_path:
-        for suffix in _SUFFIXES:
-            candidate = shipped_dir(kind) / f"{path_or_name}{suffix}"
-            if candidate.is_file():
-                return candidate
-    names = list_cards(kind)
-    near = difflib.get_close_matches(str(path_or_name), names, n=1)
+    shipped = _shipped(kind)
+    if not looks_like_path and str(path_or_name) in shipped:
+        return shipped[str(path_or_name)]
+    near = difflib.get_close_matches(str(path_or_name), list(shipped), n=1)
     hint = f"did you mean {near[0]!r}? " if near else ""
-    where = "no such file" if looks_like_path else f"no card of that name in {shipped_dir(kind)}"
-    raise ConfigError(f"{path_or_name}: {where}; {hint}available {kind}: {', '.join(names) or '(none)'}")
+    where = "no such file" if looks_like_path else f"no {kind[:-1]} of that name in {_folder(kind)}"
+    raise ConfigError(f"{path_or_name}: {where}; {hint}available {kind}: {', '.join(shipped) or '(none)'}")
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: what the parser found, and where."""
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return " ".join(str(getattr(e, "problem", None) or e).split()) + where
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -71,9 +95,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{line} is not valid YAML ({getattr(e, 'problem', None) or e})") from e
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(e)})") from e
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot read the card ({e})") from e
     if not isinstance(data, dict):
@@ -102,8 +124,8 @@ def validate(data: dict[str, Any], model_cls: type[C], where: str = "card") -> C
     try:
         return model_cls.model_validate(data)
     except ValidationError as e:
-        lines = [_describe(err, model_cls) for err in e.errors()]
-        raise ConfigError(f"{where}: " + ("\n  ".join(["invalid card:", *lines]) if len(lines) > 1 else lines[0])) from e
+        problems = "; ".join(_describe(err, model_cls) for err in e.errors())
+        raise ConfigError(f"{where}: {problems}") from e
 
 
 def _describe(err: dict[str, Any], model_cls: type[BaseModel]) -> str:
@@ -112,7 +134,15 @@ def _describe(err: dict[str, Any], model_cls: type[BaseModel]) -> str:
         return f"unknown key '{key}'{_nearest(str(err['loc'][-1]), fields)}"
     if err["type"] == "missing":
         return f"missing required key '{key}'"
-    return f"key '{key}': {err['msg']} (got {err['input']!r})"
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if not err["loc"]:  # a check across fields (model validator)
+        return message
+    return f"key '{key}': {message} (got {_short(err['input'])})"
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _nearest(key: str, valid: Sequence[str]) -> str:
@@ -203,7 +233,8 @@ def apply_overrides(
         try:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{at}--set {key}: value {text!r} is not valid YAML ({e})") from e
+            raise ConfigError(f"{at}--set {key}: value {text!r} is not valid YAML ({_yaml_problem(e)}); "
+                              "quote it or fix the brackets") from None
         parts = key.split(".")
         node: Any = out
         for depth, part in enumerate(parts):
@@ -229,4 +260,4 @@ def apply_overrides(
     return out
 
 
-__all__ = ["Card", "load_card", "find_card", "read_yaml", "validate", "apply_overrides", "list_cards"]
+__all__ = ["Card", "load_card", "find_card", "read_yaml", "validate", "apply_overrides", "list_cards", "SUITE_FILE"]

@@ -1,4 +1,4 @@
-"""Device and dtype defaults shared by generators, scorers and trainers (STYLE §1 rule 6)."""
+"""Device and dtype defaults shared by generators, scorers and trainers, and freeing accelerator memory."""
 
 from __future__ import annotations
 
@@ -28,3 +28,11 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if dtype not in _DTYPES:
         raise ConfigError(f"dtype {dtype!r} is not one of {sorted(_DTYPES)}")
     return _DTYPES[dtype]
+
+
+def empty_cache(device: torch.device) -> None:
+    """Return the cached, unused memory of ``device``'s allocator to the accelerator (nothing on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()

@@ -1,6 +1,6 @@
 """Media batches: images, videos and audio as float tensors, with validation.
 
-Layouts (ARCHITECTURE.md, "Media"):
+Layouts:
 
 * :class:`ImageBatch` — ``pixels`` ``[B, 3, H, W]`` in [0, 1];
 * :class:`VideoBatch` — ``pixels`` ``[B, T, 3, H, W]`` in [0, 1], plus ``fps``;
@@ -11,7 +11,9 @@ finiteness, so every consumer can trust a batch it receives.
 
 Conversions: ``from_numpy`` / ``to_numpy`` (channel-last for images and videos, as PIL and most image
 code use them) and ``from_pil`` / ``to_pil``. Files: :func:`load_media` (PNG/JPEG/WebP with Pillow,
-MP4/WebM/GIF with PyAV, WAV/FLAC with soundfile, ``.npy`` in the item layout), :func:`load_folder`,
+MP4/WebM/GIF with PyAV, WAV/FLAC/OGG/MP3 with soundfile, ``.npy`` in the item layout; the one
+suffix table is :data:`IMAGE_EXTS` / :data:`VIDEO_EXTS` / :data:`AUDIO_EXTS`, :func:`modality_of`),
+:func:`decode_image_bytes` (encoded bytes, as :func:`load_image` decodes files), :func:`load_folder`,
 :func:`save_media` (atomic), and previews: :func:`image_grid`, :func:`video_contact_sheet`. Loading
 checks that a file is decodable, non-empty, finite and of the right shape; an :class:`InputError`
 names the file and the problem. Nothing is resized, padded or resampled unless asked.
@@ -19,6 +21,7 @@ names the file and the problem. Nothing is resized, padded or resampled unless a
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from dataclasses import dataclass, field
@@ -95,30 +98,54 @@ def _to_uint8(t: torch.Tensor, where: str) -> np.ndarray:
 
 @dataclass
 class _Batch:
+    """What the three batch types share; each names its main tensor, its layout and its modality."""
+
     modality: ClassVar[str]
+    layout: ClassVar[str]  # of the main tensor, e.g. "[B, 3, H, W]"
+    _main: ClassVar[str] = "pixels"  # the main tensor's field
+    _numpy_dims: ClassVar[tuple[int, ...]]  # permutation to the to_numpy() layout
     prompts: list[str] | None = field(default=None, kw_only=True)
     metadata: list[dict[str, Any]] | None = field(default=None, kw_only=True)
 
-    def _check_items(self, n: int) -> None:
-        for name in ("prompts", "metadata"):
-            value = getattr(self, name)
-            if value is not None and len(value) != n:
-                raise InputError(f"{type(self).__name__}: {len(value)} {name} for {n} items; give one per item")
+    def __init_subclass__(cls, modality: str | None = None, layout: str = "", numpy_dims: tuple[int, ...] = (),
+                          **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if modality is not None:  # a subclass of ImageBatch & co. keeps its parent's
+            cls.modality, cls.layout, cls._numpy_dims = modality, layout, numpy_dims
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        setattr(self, self._main, _check_tensor(self.data, self.layout.count(",") + 1, self.layout, name))
+        problem = self._problem()
+        if problem:
+            raise InputError(f"{name}: {problem}")
+        for key in ("prompts", "metadata"):
+            value = getattr(self, key)
+            if value is not None and len(value) != len(self):
+                raise InputError(f"{name}: {len(value)} {key} for {len(self)} items; give one per item")
+
+    def _problem(self) -> str | None:
+        """What is wrong with a main tensor of the right rank (channels, empty axis, rate), if anything."""
+        raise NotImplementedError
 
     def __len__(self) -> int:
         return int(self.data.shape[0])
 
     @property
-    def data(self) -> torch.Tensor:  # the main tensor, whatever the modality calls it
-        raise NotImplementedError
+    def data(self) -> torch.Tensor:
+        """The main tensor, whatever the modality calls it (``pixels`` or ``samples``)."""
+        return getattr(self, self._main)
+
+    def _extra(self) -> dict[str, Any]:
+        """The per-batch fields besides the tensor, prompts and metadata (``fps``, ``sample_rate``)."""
+        return {k: v for k, v in self.__dict__.items() if k not in (self._main, "prompts", "metadata")}
 
     def _sub(self, data: torch.Tensor, index: list[int]) -> "_Batch":
-        kw = {k: v for k, v in self.__dict__.items() if k not in ("pixels", "samples", "prompts", "metadata")}
         return type(self)(
             data,
             prompts=None if self.prompts is None else [self.prompts[i] for i in index],
             metadata=None if self.metadata is None else [self.metadata[i] for i in index],
-            **kw,
+            **self._extra(),
         )
 
     def __getitem__(self, idx: int | slice | Sequence[int]) -> "_Batch":
@@ -136,17 +163,19 @@ class _Batch:
         index = list(range(len(self)))
         return self._sub(self.data.to(device=device, dtype=dtype), index)
 
+    def to_numpy(self) -> np.ndarray:
+        """float32 items, channel-last for images ``[B, H, W, 3]`` and videos ``[B, T, H, W, 3]``; audio ``[B, C, N]``."""
+        return self.data.detach().float().cpu().permute(*self._numpy_dims).numpy()
+
     @classmethod
     def cat(cls, batches: Sequence["_Batch"]) -> "_Batch":
         """Concatenate batches of the same type (and fps / sample rate)."""
         if not batches:
             raise InputError(f"{cls.__name__}.cat: nothing to concatenate")
-        first = batches[0]
-        extra = {k: v for k, v in first.__dict__.items() if k not in ("pixels", "samples", "prompts", "metadata")}
+        extra = batches[0]._extra()
         for b in batches[1:]:
-            other = {k: v for k, v in b.__dict__.items() if k in extra}
-            if other != extra:
-                raise InputError(f"{cls.__name__}.cat: batches differ in {extra} vs {other}; resample first")
+            if b._extra() != extra:
+                raise InputError(f"{cls.__name__}.cat: batches differ in {extra} vs {b._extra()}; resample first")
         data = torch.cat([b.data for b in batches])
         prompts = None if any(b.prompts is None for b in batches) else [p for b in batches for p in b.prompts]
         metadata = None if any(b.metadata is None for b in batches) else [m for b in batches for m in b.metadata]
@@ -154,31 +183,21 @@ class _Batch:
 
 
 @dataclass
-class ImageBatch(_Batch):
+class ImageBatch(_Batch, modality="image", layout="[B, 3, H, W]", numpy_dims=(0, 2, 3, 1)):
     """Images ``[B, 3, H, W]`` in [0, 1]."""
 
     pixels: torch.Tensor
-    modality: ClassVar[str] = "image"
 
-    def __post_init__(self) -> None:
-        self.pixels = _check_tensor(self.pixels, 4, "[B, 3, H, W]", "ImageBatch")
+    def _problem(self) -> str | None:
         if self.pixels.shape[1] != 3:
-            raise InputError(f"ImageBatch: expected 3 channels (RGB) in dim 1, got shape {tuple(self.pixels.shape)}")
-        self._check_items(self.pixels.shape[0])
-
-    @property
-    def data(self) -> torch.Tensor:
-        return self.pixels
+            return f"expected 3 channels (RGB) in dim 1, got shape {tuple(self.pixels.shape)}"
+        return None
 
     @classmethod
     def from_numpy(cls, arr: Any, *, where: str = "array", **kw: Any) -> "ImageBatch":
         """Images from ``[H, W, 3]`` or ``[B, H, W, 3]``, uint8 or float in [0, 1]; ``kw`` go to the batch."""
         a = _channel_last(arr, 4, where, "[H, W, 3] or [B, H, W, 3]")
         return cls(_array_to_tensor(a, where, 0.0, 1.0).permute(0, 3, 1, 2).contiguous(), **kw)
-
-    def to_numpy(self) -> np.ndarray:
-        """``[B, H, W, 3]`` float32 in [0, 1]."""
-        return self.pixels.detach().float().cpu().permute(0, 2, 3, 1).numpy()
 
     @classmethod
     def from_pil(cls, images: Image.Image | Sequence[Image.Image], **kw: Any) -> "ImageBatch":
@@ -195,26 +214,18 @@ class ImageBatch(_Batch):
 
 
 @dataclass
-class VideoBatch(_Batch):
+class VideoBatch(_Batch, modality="video", layout="[B, T, 3, H, W]", numpy_dims=(0, 1, 3, 4, 2)):
     """Videos ``[B, T, 3, H, W]`` in [0, 1] at ``fps`` frames per second."""
 
     pixels: torch.Tensor
     fps: float = 8.0
-    modality: ClassVar[str] = "video"
 
-    def __post_init__(self) -> None:
-        self.pixels = _check_tensor(self.pixels, 5, "[B, T, 3, H, W]", "VideoBatch")
+    def _problem(self) -> str | None:
         if self.pixels.shape[2] != 3:
-            raise InputError(f"VideoBatch: expected 3 channels (RGB) in dim 2, got shape {tuple(self.pixels.shape)}")
+            return f"expected 3 channels (RGB) in dim 2, got shape {tuple(self.pixels.shape)}"
         if self.pixels.shape[1] == 0:
-            raise InputError("VideoBatch: videos have zero frames")
-        if not self.fps > 0:
-            raise InputError(f"VideoBatch: fps must be positive, got {self.fps}")
-        self._check_items(self.pixels.shape[0])
-
-    @property
-    def data(self) -> torch.Tensor:
-        return self.pixels
+            return "videos have zero frames"
+        return None if self.fps > 0 else f"fps must be positive, got {self.fps}"
 
     def frames(self, stride: int = 1) -> ImageBatch:
         """All frames (every ``stride``-th) as one image batch ``[B*T', 3, H, W]``, item-major."""
@@ -226,10 +237,6 @@ class VideoBatch(_Batch):
         """Videos from ``[T, H, W, 3]`` or ``[B, T, H, W, 3]``, uint8 or float in [0, 1]; ``kw`` go to the batch."""
         a = _channel_last(arr, 5, where, "[T, H, W, 3] or [B, T, H, W, 3] with T > 0")
         return cls(_array_to_tensor(a, where, 0.0, 1.0).permute(0, 1, 4, 2, 3).contiguous(), **kw)
-
-    def to_numpy(self) -> np.ndarray:
-        """``[B, T, H, W, 3]`` float32 in [0, 1]."""
-        return self.pixels.detach().float().cpu().permute(0, 1, 3, 4, 2).numpy()
 
     @classmethod
     def from_pil(cls, videos: Sequence[Sequence[Image.Image]], **kw: Any) -> "VideoBatch":
@@ -247,24 +254,17 @@ class VideoBatch(_Batch):
 
 
 @dataclass
-class AudioBatch(_Batch):
+class AudioBatch(_Batch, modality="audio", layout="[B, C, N]", numpy_dims=(0, 1, 2)):
     """Audio ``[B, C, N]`` in [-1, 1] at ``sample_rate`` Hz."""
 
+    _main: ClassVar[str] = "samples"
     samples: torch.Tensor
     sample_rate: int = 16000
-    modality: ClassVar[str] = "audio"
 
-    def __post_init__(self) -> None:
-        self.samples = _check_tensor(self.samples, 3, "[B, C, N]", "AudioBatch")
+    def _problem(self) -> str | None:
         if self.samples.shape[2] == 0:
-            raise InputError("AudioBatch: audio has zero samples")
-        if not self.sample_rate > 0:
-            raise InputError(f"AudioBatch: sample_rate must be positive, got {self.sample_rate}")
-        self._check_items(self.samples.shape[0])
-
-    @property
-    def data(self) -> torch.Tensor:
-        return self.samples
+            return "audio has zero samples"
+        return None if self.sample_rate > 0 else f"sample_rate must be positive, got {self.sample_rate}"
 
     @property
     def duration(self) -> float:
@@ -279,10 +279,6 @@ class AudioBatch(_Batch):
             raise InputError(f"{where}: expected an array of shape [N], [C, N] or [B, C, N] with N > 0, got {np.shape(arr)}")
         return cls(_array_to_tensor(a, where, -1.0, 1.0), **kw)
 
-    def to_numpy(self) -> np.ndarray:
-        """``[B, C, N]`` float32 in [-1, 1]."""
-        return self.samples.detach().float().cpu().numpy()
-
 
 Media = ImageBatch | VideoBatch | AudioBatch
 
@@ -292,12 +288,14 @@ Media = ImageBatch | VideoBatch | AudioBatch
 # Files
 # --------------------------------------------------------------------------------------------------
 
+IMAGE_EXTS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp")  # Pillow
+VIDEO_EXTS: tuple[str, ...] = (".mp4", ".webm", ".gif")  # PyAV
+AUDIO_EXTS: tuple[str, ...] = (".wav", ".flac", ".ogg", ".mp3")  # soundfile (libsndfile ≥ 1.1 reads MP3)
+#: suffix → kind; ``.npy`` is one item in the to_numpy() layout: [H, W, 3], [T, H, W, 3] or [C, N] / [N]
 EXTENSIONS: dict[str, str] = {
-    ".png": "image", ".jpg": "image", ".jpeg": "image", ".webp": "image",
-    ".mp4": "video", ".webm": "video", ".gif": "video",
-    ".wav": "audio", ".flac": "audio",
-    ".npy": "array",  # one item in the to_numpy() layout: [H, W, 3], [T, H, W, 3] or [C, N] / [N]
-}  # fmt: skip
+    **dict.fromkeys(IMAGE_EXTS, "image"), **dict.fromkeys(VIDEO_EXTS, "video"), **dict.fromkeys(AUDIO_EXTS, "audio"),
+    ".npy": "array",
+}
 DEFAULT_FORMAT: dict[str, str] = {"image": "png", "video": "mp4", "audio": "wav"}
 _DECODE_ERRORS = (OSError, ValueError, RuntimeError, SyntaxError, EOFError, IndexError, Image.DecompressionBombError)
 
@@ -321,16 +319,34 @@ def _meta(path: Path) -> list[dict[str, Any]]:
     return [{"path": str(path), "name": path.stem}]
 
 
+def modality_of(path: str | os.PathLike) -> str:
+    """``"image" | "video" | "audio"`` of a media file, from its suffix (:data:`IMAGE_EXTS`, …)."""
+    suffix = Path(path).suffix.lower()
+    kind = EXTENSIONS.get(suffix)
+    if kind not in MODALITIES:
+        raise InputError(f"{path}: unknown media suffix {suffix!r}; use one of {', '.join(IMAGE_EXTS + VIDEO_EXTS + AUDIO_EXTS)}")
+    return kind
+
+
+def _decode_pil(source: Path | io.BytesIO, where: str) -> np.ndarray:
+    """``[H, W, 3]`` uint8 RGB of an encoded image (file or bytes), EXIF orientation applied, any mode → RGB."""
+    try:
+        with Image.open(source) as im:
+            im.load()
+            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    except _DECODE_ERRORS as e:
+        raise InputError(f"{where}: cannot decode image ({e}); the data is truncated, corrupt or not an image") from e
+
+
+def decode_image_bytes(data: bytes, where: str = "image bytes") -> ImageBatch:
+    """Encoded image bytes (PNG, JPEG, …; e.g. a Pick-a-Pic parquet cell) as an ImageBatch of one, like :func:`load_image`."""
+    return ImageBatch.from_numpy(_decode_pil(io.BytesIO(data), where), where=where)
+
+
 def load_image(path: str | os.PathLike) -> ImageBatch:
     """One image file (PNG/JPEG/WebP) as an ImageBatch of one; EXIF rotation applied, any mode → RGB."""
     path, _ = _checked_file(path)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            arr = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-    except _DECODE_ERRORS as e:
-        raise InputError(f"{path}: cannot decode image ({e}); the file is truncated or corrupt") from e
-    return ImageBatch.from_numpy(arr, where=str(path), metadata=_meta(path))
+    return ImageBatch.from_numpy(_decode_pil(path, str(path)), where=str(path), metadata=_meta(path))
 
 
 def load_video(path: str | os.PathLike) -> VideoBatch:
@@ -363,7 +379,7 @@ def load_video(path: str | os.PathLike) -> VideoBatch:
 
 
 def load_audio(path: str | os.PathLike) -> AudioBatch:
-    """One audio file (WAV/FLAC) as an AudioBatch of one ``[1, C, N]`` at its own sample rate."""
+    """One audio file (WAV/FLAC/OGG/MP3) as an AudioBatch of one ``[1, C, N]`` at its own sample rate."""
     import soundfile as sf
 
     path, _ = _checked_file(path)
@@ -572,6 +588,7 @@ _PIL_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     ".webp": ("WEBP", {"lossless": True}),
 }
 _VIDEO_CODECS: dict[str, tuple[str, str]] = {".mp4": ("mp4", "libx264"), ".webm": ("webm", "libvpx-vp9")}
+_AUDIO_SUBTYPES: dict[str, str] = {".wav": "PCM_16", ".flac": "PCM_16", ".ogg": "VORBIS", ".mp3": "MPEG_LAYER_III"}
 
 
 def _write_video(frames: np.ndarray, fps: float, path: Path, ext: str, crf: int) -> None:
@@ -635,7 +652,8 @@ def save_media(
     A name with a known extension picks its own format; otherwise ``format`` (e.g. ``"jpg"``,
     ``"webm"``, ``"flac"``, ``"npy"``) or the modality's default (PNG, MP4, WAV). Each file is written
     to a hidden temp file and renamed, so no reader ever sees half a file. ``crf`` sets MP4/WebM
-    quality (lower is better; 12 keeps the synthetic world's colors). Audio is 16-bit PCM.
+    quality (lower is better; 12 keeps the synthetic world's colors). WAV and FLAC audio is 16-bit PCM,
+    OGG is Vorbis, MP3 is MPEG layer III.
     """
     folder = Path(folder)
     default = "." + (format or DEFAULT_FORMAT[batch.modality]).lower().lstrip(".")
@@ -674,8 +692,8 @@ def save_media(
         else:
             import soundfile as sf
 
-            fmt = ext.lstrip(".").upper()
-            atomic_write(path, lambda tmp: sf.write(str(tmp), data.numpy().T, batch.sample_rate, subtype="PCM_16", format=fmt))
+            fmt, subtype = ext.lstrip(".").upper(), _AUDIO_SUBTYPES[ext]
+            atomic_write(path, lambda tmp: sf.write(str(tmp), data.numpy().T, batch.sample_rate, subtype=subtype, format=fmt))
     return paths
 
 

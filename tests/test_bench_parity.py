@@ -1,5 +1,6 @@
 """Same random backbone weights ⇒ our subject/background consistency equal a direct reimplementation
-of VBench's reference code path (reference §1.5–§1.6.2) to 1e-5, on 4 tiny videos."""
+of VBench's code path (Vchitect/VBench@45e79ec ``vbench/utils.py`` transforms,
+``subject_consistency.py``, ``background_consistency.py``) to 1e-5, on 4 tiny videos."""
 
 from __future__ import annotations
 

@@ -1,111 +1,107 @@
-"""The CLI skeleton: command list, --version, placeholders, clean errors, area registration, the fallback demo."""
+"""The CLI through its real entry point (``python -m mmalign.cli``, the console script's ``main``):
+the command list, --version, one red line per error, and ``train`` / ``bench`` main and error paths.
+
+``pairs``, ``score``, ``train-scorer`` and ``sample`` are covered in ``test_cli_data.py``, ``synth``
+in ``test_synth_cli.py``, ``demo``'s error path in ``test_config.py`` and its main path in
+``test_demo.py`` (slow).
+"""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
-import types
+from pathlib import Path
 
 import pytest
-import typer
-from typer.testing import CliRunner
 
 import mmalign
 from mmalign import cli
-from mmalign.errors import InputError
-
-runner = CliRunner()
+from test_trainer_adapter import write_pairs
 
 
-@pytest.fixture
-def bare_app():
-    """The app with no area registered: every command but the demo is a placeholder."""
-    return cli.make_app(areas=())
+def mmalign_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mmalign.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(cwd or Path.home())})
 
 
-def fake_area(monkeypatch, area: str, register) -> None:
-    """Install ``mmalign.<area>.cli`` with the given ``register`` for this test only."""
-    module = types.ModuleType(f"mmalign.{area}.cli")
-    module.register = register
-    monkeypatch.setitem(sys.modules, f"mmalign.{area}.cli", module)
+def error_line(proc: subprocess.CompletedProcess) -> str:
+    """The one line an MMAlignError prints; the process must have exited 1 with nothing else on stderr."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    return lines[0]
 
 
-def test_help_lists_every_command_in_order():
-    result = runner.invoke(cli.get_app(), ["--help"])
-    assert result.exit_code == 0, result.output
-    listed = [line.split()[1] for line in result.output.splitlines() if line.startswith("│ ") and len(line.split()) > 1]
-    commands = [name for name in listed if name in cli.COMMANDS]
-    assert commands == list(cli.COMMANDS)
-    assert set(cli.COMMANDS) == {"demo", "synth", "sample", "score", "pairs", "train", "train-scorer", "merge", "bench", "arena"}
+def test_help_lists_the_commands_in_order():
+    proc = mmalign_cli("--help")
+    assert proc.returncode == 0, proc.stderr
+    panel = proc.stdout.split("Commands")[1]
+    listed = [line.split()[1] for line in panel.splitlines() if line.startswith("│ ") and not line.startswith("│  ")]
+    assert listed == [*cli.ORDER]
+    assert "not built" not in proc.stdout
 
 
-def test_version(bare_app):
-    result = runner.invoke(bare_app, ["--version"])
-    assert result.exit_code == 0 and result.output.strip() == f"mmalign {mmalign.__version__}"
+def test_version():
+    proc = mmalign_cli("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"mmalign {mmalign.__version__}"
 
 
-@pytest.mark.parametrize("name, issue", [("merge", "no issue filed yet"), ("score", "issue #4"), ("train-scorer", "issue #4")])
-def test_unbuilt_command_exits_2_with_message(bare_app, name, issue):
-    result = runner.invoke(bare_app, [name, "--some-option", "x"])
-    assert result.exit_code == 2
-    assert f"`mmalign {name}` is not built yet ({issue})" in result.output
-    assert f"not built yet: {issue}" in runner.invoke(bare_app, ["--help"]).output
+def test_debug_shows_the_traceback_instead_of_one_line(tmp_path):
+    proc = mmalign_cli("--debug", "train", str(tmp_path / "missing.yaml"))
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr
 
 
-def test_placeholders_of_the_real_app_exit_2():
-    app = cli.get_app()
-    placeholders = [c.name for c in app.registered_commands if c.callback.__name__ == "placeholder"]
-    for name in placeholders:
-        result = runner.invoke(app, [name])
-        assert result.exit_code == 2 and f"`mmalign {name}` is not built yet" in result.output
+def test_train_main_path_and_error_path(tmp_path):
+    from mmalign.generators.tiny import save_tiny
+
+    folder = save_tiny("sdxl", tmp_path / "tiny-sdxl")
+    data = write_pairs(tmp_path / "data", n=4, size=32)
+    args = ["train", "synth-diffusion-dpo", "--set", f"generator={folder}", "--set", f"data.path={data}",
+            "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", f"output_dir={tmp_path / 'run'}",
+            "--set", "max_steps=2", "--set", "batch_size=2", "--set", "eval.every=0", "--set", "checkpoint_every=0",
+            "--quiet"]
+    proc = mmalign_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 steps (max_steps)" in proc.stdout and (tmp_path / "run" / "final" / "adapter_model.safetensors").is_file()
+    assert [json.loads(l)["step"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    again = mmalign_cli(*args, cwd=tmp_path)  # the folder holds checkpoints: resume or choose another
+    assert "pass --resume" in error_line(again)
 
 
-def test_mmalign_error_is_one_clean_line_and_debug_shows_traceback(monkeypatch):
-    def register(app: typer.Typer) -> None:
-        @app.command("merge")
-        def merge() -> None:
-            raise InputError("experts.safetensors: no such file")
-
-    fake_area(monkeypatch, "align", register)
-    app = cli.make_app(areas=("align",))
-    result = runner.invoke(app, ["merge"])
-    assert result.exit_code == 1
-    assert result.output.strip() == "error: experts.safetensors: no such file"
-    assert "Traceback" not in result.output
-    debug = runner.invoke(app, ["--debug", "merge"])
-    assert debug.exit_code == 1 and isinstance(debug.exception, InputError)
+def test_train_unknown_recipe_suggests_the_nearest(tmp_path):
+    line = error_line(mmalign_cli("train", "synth-diffusion-dop", cwd=tmp_path))
+    assert "did you mean 'synth-diffusion-dpo'?" in line
 
 
-def test_area_commands_replace_placeholders_and_broken_areas_are_reported(monkeypatch):
-    def register_scoring(app: typer.Typer) -> None:
-        @app.command("score")
-        def score(n: int = 1) -> None:
-            typer.echo(f"scored {n}")
+def test_bench_main_path_and_error_path(tmp_path):
+    from mmalign.bench.suites import load_suite
+    from mmalign.media import VideoBatch, save_media
 
-    def register_bench(app: typer.Typer) -> None:
-        raise RuntimeError("bench needs a backbone")
-
-    fake_area(monkeypatch, "scoring", register_scoring)
-    fake_area(monkeypatch, "bench", register_bench)
-    app = cli.make_app(areas=("scoring", "bench"))
-    assert runner.invoke(app, ["score", "--n", "3"]).output.strip() == "scored 3"
-    result = runner.invoke(app, ["bench"])
-    assert result.exit_code == 1
-    assert "`mmalign bench` is unavailable: mmalign.bench.cli failed to load (RuntimeError: bench needs a backbone)" in result.output
-    assert isinstance(runner.invoke(app, ["--debug", "bench"]).exception, RuntimeError)
-
-
-def test_missing_area_module_is_skipped():
-    assert cli.register_areas(typer.Typer(), areas=("no_such_area",)) == {}
+    suite = load_suite("synth-video")
+    prompts = [e.prompt for e in suite.entries if "subject_consistency" in e.dimensions][:2]
+    folder = tmp_path / "videos"
+    video = VideoBatch(torch_rand((1, 4, 3, 32, 32)), fps=8.0)
+    for p in prompts:
+        save_media(video, folder, names=[suite.naming.format(prompt=p, index=0)])
+    out = tmp_path / "out"
+    proc = mmalign_cli("bench", "--suite", "synth-video", "--videos", str(folder), "--out", str(out),
+                       "--dimensions", "subject_consistency", "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["n_videos"] == 2 and results["dimensions"]["subject_consistency"]["raw"] is not None
+    line = error_line(mmalign_cli("bench", "--suite", "synth-video", "--out", str(out), cwd=tmp_path))
+    assert "give exactly one of --videos DIR" in line
 
 
-def test_fallback_demo_runs_the_synthetic_world(tmp_dir, capsys):
-    pytest.importorskip("mmalign.synth.render")
-    cli._synth_demo("image", seed=0, out=tmp_dir / "demo")
-    out = " ".join(capsys.readouterr().out.split())  # rich wraps at the terminal width
-    assert "alignment demo" in out and "not built yet" in out
-    for skill in ("color", "shape"):
-        assert skill in out
-    assert (tmp_dir / "demo" / "image_grid.png").is_file()
-    assert len(list((tmp_dir / "demo" / "image").glob("*.png"))) == cli._DEMO_N
-    with pytest.raises(InputError, match="--modality"):
-        cli._synth_demo("smell", seed=0, out=None)
+def torch_rand(shape):
+    import torch
+
+    return torch.rand(shape, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["sample"], "Missing option"),
+])
+def test_usage_errors_exit_2_with_typer_usage(args, fragment):
+    proc = mmalign_cli(*args)
+    assert proc.returncode == 2 and fragment in proc.stderr

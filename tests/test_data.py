@@ -1,4 +1,4 @@
-"""Preference data: Pick-a-Pic reader and ties (P6), JSONL manifests, rankings, the latent cache, builders."""
+"""Preference data: Pick-a-Pic reader and ties, JSONL manifests, rankings, prompt files, the latent cache, builders."""
 
 from __future__ import annotations
 
@@ -10,17 +10,17 @@ import torch
 
 from mmalign.data.build import best_worst, build_preferences, unifiedreward_sift, win_rates
 from mmalign.data.cache import encode_dataset
+from mmalign.data.prompts import prompt_sets, read_prompts
 from mmalign.data.pairs import (
     PairDataset,
     RankingDataset,
-    decode_image_bytes,
     fit_resolution,
     read_manifest,
     read_pickapic,
     read_preferences,
 )
 from mmalign.errors import InputError
-from mmalign.media import ImageBatch
+from mmalign.media import ImageBatch, decode_image_bytes
 from mmalign.scoring.base import Scorer
 from test_trainer_adapter import TinyAdapter, write_pairs
 
@@ -44,7 +44,7 @@ def _pickapic(path, labels):
     return path
 
 
-def test_p6_pickapic_ties_dropped_winner_first(tmp_path):
+def test_pickapic_ties_dropped_winner_first(tmp_path):
     path = _pickapic(tmp_path / "train.parquet", [1.0, 0.0, 0.5, 1.0, 0.5])
     ds = read_pickapic(path)
     assert len(ds) == 3 and ds.dropped_ties == 2
@@ -54,7 +54,7 @@ def test_p6_pickapic_ties_dropped_winner_first(tmp_path):
     assert decode_image_bytes(c1.chosen).pixels[0, 1, 0, 0] > 0 and decode_image_bytes(c1.chosen).pixels[0, 0, 0, 0] == 0
 
 
-def test_p6_ties_kept_as_half_never_a_win(tmp_path):
+def test_pickapic_ties_kept_as_half_never_a_win(tmp_path):
     ds = read_preferences(_pickapic(tmp_path / "t.parquet", [1.0, 0.5]), ties="keep")
     assert [p.label for p in ds] == [1.0, 0.5]
     with pytest.raises(InputError, match="ties"):
@@ -176,3 +176,125 @@ def test_build_preferences_writes_readable_manifests(tmp_path, mode):
         assert psi[p.chosen] > psi[p.rejected]
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
     assert meta["scorers"] == ["red", "green"] and meta["k"] == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# bad manifest rows name the file and line
+
+
+@pytest.mark.parametrize("row, match", [
+    ({"prompt": "p", "chosen": "a.png", "rejected": "b.png", "label": "yes"}, "line 2: 'label' must be a number"),
+    ({"prompt": "p", "chosen": "a.png", "rejected": "b.png", "label": 0.7}, "line 2: label 0.7 is not one of"),
+    ({"prompt": "p", "chosen": 3, "rejected": "b.png"}, "line 2: 'chosen' and 'rejected' must be media file paths"),
+    ({"prompt": 5, "chosen": "a.png", "rejected": "b.png"}, "line 2: a record needs a 'prompt' string"),
+    ({"prompt": "p", "items": ["a.png", "b.png"], "scores": [1, None]}, "line 2: each score must be a number"),
+    ({"prompt": "p", "items": ["a.png", 2], "scores": [1, 0]}, "line 2: 'items' must be media file paths"),
+    ({"prompt": "p", "items": ["a.png"], "scores": [1]}, "line 2: 'items' and 'scores' must be lists of the same length"),
+    (["not", "a", "dict"], "line 2: a record needs"),
+])
+def test_bad_manifest_rows(tmp_path, row, match):
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({"prompt": "ok", "chosen": "a.png", "rejected": "b.png"}) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(InputError, match=match) as e:
+        read_manifest(path)
+    assert str(path) in str(e.value)
+
+
+def test_pickapic_label_must_be_a_number(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"jpg_0": [_png((1, 2, 3))], "jpg_1": [_png((3, 2, 1))], "label_0": [None], "caption": ["c"]}),
+                   tmp_path / "n.parquet")
+    with pytest.raises(InputError, match=r"n.parquet row 0: label_0 must be a number, got None"):
+        read_pickapic(tmp_path / "n.parquet")
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet")
+    with pytest.raises(InputError, match="junk.parquet: cannot read the parquet file"):
+        read_pickapic(tmp_path / "junk.parquet")
+
+
+# ---------------------------------------------------------------------------------------------
+# prompt files and shipped prompt sets
+
+
+def test_read_prompts_from_a_file(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_text("  a red circle \n\n\nb\nc\u00e9\nd\n", encoding="utf-8")
+    assert read_prompts(path) == ["a red circle", "b", "c\u00e9", "d"]
+    assert read_prompts(str(path), n=2) == ["a red circle", "b"]  # no seed: the first n
+    assert read_prompts(path, n=10) == ["a red circle", "b", "c\u00e9", "d"]
+    drawn = read_prompts(path, n=9, seed=3)  # a seed: n draws with replacement
+    assert drawn == ["b", "b", "c\u00e9", "d", "a red circle", "a red circle", "d", "c\u00e9", "b"]
+    assert read_prompts(path, n=9, seed=3) == drawn and read_prompts(path, n=9, seed=4) != drawn
+    with pytest.raises(InputError, match="asked for 0 prompts"):
+        read_prompts(path, n=0)
+
+
+def test_read_prompts_errors(tmp_path):
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(InputError, match="empty.txt: no prompts in the file"):
+        read_prompts(tmp_path / "empty.txt")
+    (tmp_path / "latin.txt").write_bytes("caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(InputError, match="latin.txt: not UTF-8"):
+        read_prompts(tmp_path / "latin.txt")
+    with pytest.raises(InputError, match="'missing.txt': no such file"):
+        read_prompts("missing.txt")
+    with pytest.raises(InputError, match="did you mean 'synth-image-train'"):
+        read_prompts("synth-imag-train")
+
+
+def test_shipped_prompt_sets_are_the_synth_grammar_splits():
+    from mmalign.paths import asset_path
+    from mmalign.synth.prompt_sets import prompt_set_texts
+    from mmalign.synth.prompts import all_prompts, split_of
+
+    assert prompt_sets() == ["synth-audio-heldout", "synth-audio-train", "synth-image-heldout", "synth-image-train",
+                             "synth-video-heldout", "synth-video-train"]
+    for name, text in prompt_set_texts().items():  # `python -m mmalign.synth.prompt_sets` would write nothing new
+        assert asset_path("prompts", name).read_text(encoding="utf-8") == text, f"{name}: rerun the script"
+    train, held = read_prompts("synth-audio-train"), read_prompts("synth-audio-heldout")
+    assert len(train) + len(held) == len(all_prompts("audio")) == 18 and not set(train) & set(held)
+    assert {split_of(p) for p in held} == {"heldout"}
+    assert len(read_prompts("synth-image-train", n=256, seed=0)) == 256
+
+
+def test_write_prompt_sets(tmp_path):
+    from mmalign.synth.prompt_sets import write_prompt_sets
+
+    paths = write_prompt_sets(tmp_path)
+    assert sorted(p.name for p in paths) == [f"{n}.txt" for n in prompt_sets()]
+    assert read_prompts(tmp_path / "synth-video-heldout.txt") == read_prompts("synth-video-heldout")
+
+
+# ---------------------------------------------------------------------------------------------
+# the scorer trainer reads the same data through the same readers
+
+
+def test_read_pair_set_from_pairs_rankings_and_pickapic(tmp_path):
+    from mmalign.scoring.train import read_pair_set
+
+    path = write_pairs(tmp_path, n=4, size=8, tie_every=2)
+    ps = read_pair_set(path)
+    assert len(ps) == 4 and ps.labels.tolist() == [0.5, 1.0, 0.5, 1.0] and ps.a.pixels.shape == (4, 3, 8, 8)
+    ds = read_manifest(path, ties="keep")
+    assert torch.equal(ps.a.pixels[1:2], ds.load(ds[1].chosen).pixels)  # a = chosen
+    rk = tmp_path / "rankings.jsonl"
+    rk.write_text(json.dumps({"prompt": "p", "items": ["media/000.png", "media/001.png", "media/002.png"],
+                              "scores": [0.0, 1.0, 1.0]}) + "\n")
+    rps = read_pair_set(rk)  # every pair of the ranking, higher score first; equal scores a tie
+    assert len(rps) == 3 and sorted(rps.labels.tolist()) == [0.5, 1.0, 1.0]
+    assert read_pair_set(tmp_path).labels.tolist() == ps.labels.tolist()  # a folder: its pairs.jsonl
+    pick = read_pair_set(_pickapic(tmp_path / "t.parquet", [0.0, 0.5]))
+    assert pick.prompts == ["c0", "c1"] and pick.labels.tolist() == [1.0, 0.5] and pick.a.pixels.shape == (2, 3, 10, 12)
+    assert pick.a.pixels[0, 1].mean() == 0 and pick.a.pixels[0, 0].mean() == 0  # label_0 = 0: jpg_1 (black, i = 0) won
+
+
+def test_read_pair_set_sizes_must_agree_unless_resized(tmp_path):
+    from mmalign.media import save_media
+    from mmalign.scoring.train import read_pair_set
+
+    path = write_pairs(tmp_path, n=2, size=8)
+    save_media(ImageBatch(torch.rand(1, 3, 12, 10)), tmp_path / "media", names=["002.png"])
+    with pytest.raises(InputError, match=r"pairs.jsonl: the chosen item of pair 1 is image \(3, 12, 10\).*--resolution"):
+        read_pair_set(path)
+    assert read_pair_set(path, resolution=6).a.pixels.shape == (2, 3, 6, 6)

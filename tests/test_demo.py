@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mmalign.align.demo import validation_prompts
+from mmalign.demo import validation_prompts
 from mmalign.synth.prompts import sample_prompts, split_of
 
 

@@ -1,9 +1,10 @@
-"""Scorer core: HPS letterbox (S3), raw cosine (S1), parity with a direct open_clip forward,
-differentiable scoring, video aggregation, cards, offline errors, bad inputs."""
+"""Scorer core: HPS letterbox geometry, raw cosine, parity with a direct open_clip forward,
+differentiable scoring, video aggregation, cards, the family registry, offline errors, bad inputs."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,7 +25,7 @@ def _offline(monkeypatch, tmp_path):
     monkeypatch.setenv("MMALIGN_WEIGHTS_DIR", str(tmp_path / "weights"))
 
 
-# -- S3: letterbox geometry and padded values -----------------------------------------------------------
+# -- HPS letterbox (hpsv2 ResizeMaxSize): geometry and padded values -------------------------------------
 @pytest.mark.parametrize("hw, resized, pad", [
     ((512, 768), (149, 224), (0, 37, 0, 38)),
     ((768, 512), (224, 149), (37, 0, 38, 0)),
@@ -34,7 +35,7 @@ def _offline(monkeypatch, tmp_path):
     ((224, 300), (167, 224), (0, 28, 0, 29)),
     ((224, 224), (224, 224), (0, 0, 0, 0)),
 ])
-def test_letterbox_geometry_table_s3(hw, resized, pad):
+def test_letterbox_geometry_table(hw, resized, pad):
     h, w, p = letterbox_geometry(*hw, 224)
     assert (h, w) == resized and p == pad
 
@@ -49,9 +50,10 @@ def test_letterbox_padded_pixels_are_minus_mean_over_std():
     assert not torch.allclose(y[0, :, 112, 112], expect, atol=1e-2)  # content
 
 
-# -- S1 + parity: our pipeline vs a direct open_clip forward with the reference preprocessing -----------
+# -- raw cosine + parity: our pipeline vs a direct open_clip forward with upstream's preprocessing ----------
 def _reference_hps(model, tokenizer, pil_images, prompt):
-    """hpsv2 img_score.py::score, rebuilt from reference §2.3/2.4 with torchvision on each PIL image."""
+    """hpsv2 img_score.py::score (ResizeMaxSize letterbox, Normalize, diag of image·textᵀ), rebuilt with
+    torchvision on each PIL image."""
     import torchvision.transforms.functional as TF
 
     feats = []
@@ -83,7 +85,7 @@ def test_hps_pipeline_matches_direct_open_clip_forward_1e5():
     ours = scorer.score(ImageBatch(px), "a cat with two horns on its head", batch_size=5)
     assert ours.shape == (16,)
     assert torch.allclose(ours, ref.float(), atol=1e-5), (ours - ref).abs().max()
-    # S1: raw cosine, no logit_scale and no ×100
+    # raw cosine, no logit_scale and no ×100
     assert ours.abs().max() <= 1.0 + 1e-6
     assert not torch.allclose(ours, 100 * ref)
 
@@ -140,18 +142,52 @@ def test_bad_inputs_raise_input_errors():
 
 
 # -- cards, registry, loading, offline -----------------------------------------------------------------
-def test_shipped_cards_validate_and_are_listed():
-    from mmalign.scoring import list_scorers, read_card
+def test_shipped_cards_validate_and_name_a_registered_family():
+    from mmalign.scoring import list_scorers, read_card, scorer_builder
 
     names = list_scorers()
-    for n in ("hpsv2", "hpsv2.1", "pickscore", "social-reward", "clip-score", "laion-aesthetic", "clap", "unifiedreward",
-              "synth-hps", "synth-clap"):
-        assert n in names
+    assert names == sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "scorers").glob("*.yaml"))
+    for n in names:
         card = read_card(n)
         assert card.name == n and card.license and card.paper and card.modalities
-    hps = read_card("hpsv2")
-    assert hps.preprocessing.kind == "letterbox" and hps.score.formula == "cosine"
-    assert read_card("pickscore").score.formula == "scaled_cosine"
+        assert callable(scorer_builder(card))  # the family is registered once the card's plugin is imported
+
+
+def test_registry_unknown_family_duplicate_and_bad_plugin(tmp_path):
+    from mmalign.scoring import SCORER_FAMILIES, load_scorer
+
+    card = tmp_path / "fam.yaml"
+    card.write_text(_card_text(tmp_path, "none").replace("family: open_clip", "family: open_clp"))
+    with pytest.raises(ConfigError, match=r"fam\.yaml: architecture\.family: unknown scorer family 'open_clp'; "
+                                          r"did you mean 'open_clip'\?"):
+        load_scorer(card)
+    with pytest.raises(ConfigError, match="registered twice"):
+        SCORER_FAMILIES.register("open_clip")(lambda card, local_files_only=None, **kw: None)
+    plug = tmp_path / "plug.yaml"
+    plug.write_text("plugin: no_such_module_of_mmalign\n" + _card_text(tmp_path, "none"))
+    with pytest.raises(ConfigError, match=r"plug\.yaml: plugin module 'no_such_module_of_mmalign' cannot be imported"):
+        load_scorer(plug)
+
+
+def test_open_clip_config_registration_is_content_checked_and_leaves_no_folders(tmp_path, monkeypatch):
+    import tempfile
+
+    from open_clip import factory
+
+    from mmalign.scoring.clip import register_open_clip_config
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    paths = list(factory._MODEL_CONFIG_PATHS)
+    name = "mmalign-test-registration"
+    cfg = {**TINY_CFG, "embed_dim": 8}
+    assert register_open_clip_config(name, cfg) == name
+    assert register_open_clip_config(name, json.loads(json.dumps(cfg))) == name  # the same content again: fine
+    with pytest.raises(ConfigError, match=f"'{name}' with another config"):
+        register_open_clip_config(name, {**cfg, "embed_dim": 4})
+    with pytest.raises(ConfigError, match="'ViT-B-32' with another config"):
+        register_open_clip_config("ViT-B-32", cfg)  # a built-in name is never overwritten
+    assert factory.get_model_config(name)["embed_dim"] == 8 and factory.get_model_config("ViT-B-32")["embed_dim"] == 512
+    assert factory._MODEL_CONFIG_PATHS == paths and not list(tmp_path.iterdir())
 
 
 def test_unknown_scorer_and_unknown_card_key_are_config_errors(tmp_path):

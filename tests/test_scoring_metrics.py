@@ -1,4 +1,5 @@
-"""Parity checks of reference/scorers.md §12 that are pure formulas: S7, S10, S13, S14, S15, S16."""
+"""Pure-formula parity checks: HPD v2 inversion accuracy, pairwise-accuracy conventions, Pick-a-Pic credit,
+CLIP-score conventions, Social Reward triplet loss, UnifiedReward parsing and prompts."""
 
 from __future__ import annotations
 
@@ -15,14 +16,15 @@ from mmalign.scoring.metrics import (clip_score_clamped_mean, clip_score_pyiqa, 
                                      inversion_score, pickscore_credit, pooled_pairwise_accuracy)
 
 
-# -- S7 / S14 -----------------------------------------------------------------------------------------
-def test_s7_inversion_one_discordant_pair_of_four():
+# -- HPD v2 inversion score and pairwise-accuracy conventions ---------------------------------------------
+def test_inversion_one_discordant_pair_of_four():
     # ground truth ranks 0<1<2<3; prediction swaps the last two → 1 discordant pair of 6
     assert inversion_score([4.0, 3.0, 1.0, 2.0], [0, 1, 2, 3]) == pytest.approx(1 - 1 / 6)
-    assert inversion_score([4.0, 3.0, 1.0, 2.0], [0, 1, 2, 3]) == pytest.approx(0.8333, abs=1e-4)
+    # a ground-truth tie is never discordant
+    assert inversion_score([1.0, 2.0], [0, 0]) == 1.0
 
 
-def test_s7_mean_over_prompts_is_not_pooled():
+def test_hpdv2_accuracy_is_the_mean_over_prompts_not_pooled():
     preds = [[3, 2, 1], [1, 2]]            # prompt 1 perfect (3 pairs), prompt 2 wrong (1 pair)
     ranks = [[0, 1, 2], [0, 1]]
     assert hpdv2_accuracy(preds, ranks) == pytest.approx(0.5)          # mean of 1.0 and 0.0
@@ -31,7 +33,7 @@ def test_s7_mean_over_prompts_is_not_pooled():
     assert pooled_pairwise_accuracy(a, b, torch.ones(4)) == pytest.approx(0.75)  # pooled: 3 of 4
 
 
-def test_s14_pooled_accuracy_drops_gt_ties_and_counts_predicted_ties_wrong():
+def test_pooled_accuracy_drops_gt_ties_and_counts_predicted_ties_wrong():
     a = torch.tensor([1.0, 1.0, 0.0, 5.0])
     b = torch.tensor([0.0, 1.0, 1.0, 0.0])
     lab = torch.tensor([1.0, 1.0, 0.0, 0.5])
@@ -40,28 +42,28 @@ def test_s14_pooled_accuracy_drops_gt_ties_and_counts_predicted_ties_wrong():
         pooled_pairwise_accuracy(a, b, torch.full((4,), 0.5))
 
 
-# -- S10 ----------------------------------------------------------------------------------------------
-def test_s10_pickscore_credit_with_ties():
+# -- Pick-a-Pic --------------------------------------------------------------------------------------------
+def test_pickscore_credit_with_ties():
     p = torch.tensor([0.9, 0.9, 0.55, 0.2])
     lab = torch.tensor([1.0, 0.5, 1.0, 1.0])
     assert pickscore_credit(p, lab, threshold=0.0) == pytest.approx((1 + 0.5 + 1 + 0) / 4)
     assert pickscore_credit(p, lab, threshold=0.2) == pytest.approx((1 + 0.5 + 0.5 + 0) / 4)
 
 
-# -- S13 ----------------------------------------------------------------------------------------------
-def test_s13_clip_score_conventions_table():
+# -- CLIP score ----------------------------------------------------------------------------------------------
+def test_clip_score_conventions():
     cos = torch.tensor([0.30, -0.40])
     assert float(clip_score_torchmetrics(cos)) == pytest.approx(0.0)
     assert float(clip_score_clamped_mean(cos)) == pytest.approx(15.0)
     assert clip_score_pyiqa(cos).tolist() == pytest.approx([0.75, 0.0])
 
 
-# -- S15 ----------------------------------------------------------------------------------------------
+# -- Social Reward -------------------------------------------------------------------------------------------
 def _unit_pair(cos: float) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor([[1.0, 0.0]]), torch.tensor([[cos, math.sqrt(1 - cos**2)]])
 
 
-def test_s15_social_reward_triplet_loss():
+def test_social_reward_triplet_loss():
     t, pos = _unit_pair(0.30)
     _, neg = _unit_pair(0.25)
     assert float(social_reward_triplet_loss(t, pos, neg)) == pytest.approx(0.2, abs=1e-6)
@@ -77,8 +79,8 @@ def test_preference_cross_entropy_soft_labels_and_ties():
     assert float(preference_cross_entropy(logits[1:], t[1:])) == pytest.approx(0.0, abs=1e-6)
 
 
-# -- S16: UnifiedReward parsing and prompts ------------------------------------------------------------
-def test_s16_point_scores_are_numbers_and_missing_is_flagged_nan():
+# -- UnifiedReward parsing and prompts ---------------------------------------------------------------------
+def test_point_scores_are_numbers_and_missing_is_flagged_nan():
     j10, j9 = judge.parse_point_score("…\nFinal Score: 10"), judge.parse_point_score("Final Score: 9")
     assert j10.value > j9.value  # upstream string max(["9", "10"]) == "9"
     assert judge.best_and_worst([j9.value, j10.value]) == (1, 0)
@@ -89,7 +91,7 @@ def test_s16_point_scores_are_numbers_and_missing_is_flagged_nan():
     assert judge.parse_point_score("Final Score: 3 … Final Score: 4").value == 4.0  # the last one
 
 
-def test_s16_upstream_fallbacks_only_when_asked():
+def test_upstream_fallbacks_only_when_asked():
     assert judge.parse_point_score("Final Score: 7.5", mode="unifiedreward").value == 7.0
     assert judge.parse_point_score("no score here", mode="unifiedreward").value == 0.0
     assert judge.parse_point_score("Final Score: 4.5", mode="flow_grpo").value == pytest.approx(0.9)
@@ -99,7 +101,7 @@ def test_s16_upstream_fallbacks_only_when_asked():
         judge.parse_point_score("Final Score: 3", mode="lenient")
 
 
-def test_s16_pair_choices_strict():
+def test_pair_choices_strict():
     assert judge.parse_pair_choice("Image 1 is better.").value == 1.0
     assert judge.parse_pair_choice("Image 2 is better than Image 1.").value == 0.0
     assert judge.parse_pair_choice("Both images are equally good.").value == 0.5
@@ -109,7 +111,7 @@ def test_s16_pair_choices_strict():
     assert judge.parse_pair_choice("Video 2 is better.", media="video").value == 0.0
 
 
-def test_prompt_building_follows_reference_templates():
+def test_prompt_building_follows_unifiedreward_templates():
     p = judge.build_pair_prompt("a red circle", "pair_qwen")
     assert p.endswith("Text Caption: [a red circle]")
     assert '"Image 1 is better.", "Image 2 is better." and "Both images are equally good."' in p

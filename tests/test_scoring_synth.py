@@ -1,4 +1,5 @@
-"""The shipped synth scorers load by name and prefer faithful, clean media of the synthetic world."""
+"""The shipped synth scorers load by name and prefer faithful, clean media of the synthetic world; the
+oracle is a scorer card too."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import pytest
 import torch
 
+from mmalign.errors import InputError
 from mmalign.media import VideoBatch
 from mmalign.scoring import load_scorer
 from mmalign.synth.prompts import sample_prompts
@@ -28,6 +30,32 @@ def _mismatch_accuracy(scorer, modality: str, n: int = 24) -> float:
     wrong = render([others[i] for i in keep], seed=1, modality=modality)
     p = [prompts[i] for i in keep]
     return float((scorer.score(right, p) > scorer.score(wrong, p)).float().mean())
+
+
+def test_synth_oracle_is_a_scorer_that_equals_the_oracle_and_loads_in_a_fresh_process():
+    import subprocess
+    import sys
+
+    from mmalign.scoring import read_card
+    from mmalign.synth.oracle import evaluate
+    from mmalign.synth.prompts import all_prompts
+
+    s = load_scorer("synth-oracle", device="cpu")
+    beta = read_card("synth-oracle").score.bt_scale
+    for modality in ("image", "video", "audio"):
+        prompts = sample_prompts(modality, 6, seed=2, split="heldout")
+        media = render(prompts, seed=3, modality=modality)
+        noisy = render(prompts[1:] + prompts[:1], seed=4, modality=modality)  # mostly other prompts' media
+        fa, fb = evaluate(media, prompts).faithfulness, evaluate(noisy, prompts).faithfulness
+        assert torch.equal(s.score(media, prompts, batch_size=4), fa)
+        assert torch.allclose(s.compare(media, noisy, prompts), torch.sigmoid(beta * (fa - fb)), atol=1e-6)
+        assert not torch.equal(fa, fb)  # the comparison is not between equal scores only
+        assert s.details(media, prompts) == evaluate(media, prompts).per_skill_accuracy()
+    with pytest.raises(InputError, match="no gradient"):
+        s.score(render(all_prompts("image")[:1], seed=0), all_prompts("image")[:1], differentiable=True)
+    probe = "import mmalign, torch; s = mmalign.load_scorer('synth-oracle', device='cpu'); print(type(s).__name__)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "OracleScorer"
 
 
 def test_synth_hps_prefers_the_prompted_image_and_scores_videos_by_frames():
@@ -60,7 +88,7 @@ def test_synth_clap_loads_and_prefers_clean_audio():
 
 def test_train_synth_hps_mixes_generated_groups_and_reports_them(tmp_path):
     """HPD v2-style data: rendered groups plus groups sampled from the shipped generator, each evaluated."""
-    from mmalign.scoring.train_synth import run
+    from mmalign.zoo.train_scorers import run
 
     report = run("synth-hps", tmp_path / "hps", n_train=6, n_eval=5, k=4, steps=3, batch_size=8, label_annotators=2,
                  generator="synth-sdxl", n_generated=4, log=lambda s: None)

@@ -12,9 +12,9 @@ from mmalign.generators import load_generator
 from mmalign.media import AudioBatch
 from mmalign.paths import asset_path
 from mmalign.synth.prompts import sample_prompts
-from mmalign.synth.train_audio import SAMPLE_RATE, majority_baseline
+from mmalign.zoo.train_audio import SAMPLE_RATE, majority_baseline
 
-TRAIN_CMD = "python -m mmalign.synth.train_audio --seed 0"
+TRAIN_CMD = "python -m mmalign.zoo.train_audio --seed 0"
 CHANCE = {"register": 1 / 3, "tempo": 1 / 2, "timbre": 1 / 3}
 
 
@@ -49,7 +49,7 @@ def test_samples_shape_rate_and_determinism(gen):
 
 def test_recorded_accuracy_is_good_and_imperfect(folder):
     """Each skill clearly (5 points) above both uniform chance and always answering the held-out set's most
-    common value, and not every skill perfect (issue 3: measurably good and measurably imperfect)."""
+    common value, and not every skill perfect (measurably good and measurably imperfect)."""
     rec = json.loads((folder / "eval.json").read_text())
     acc = rec["samples"]
     majority = majority_baseline(sample_prompts("audio", 60, seed=rec["seed"], split="heldout"))
@@ -63,7 +63,7 @@ def test_recorded_accuracy_is_good_and_imperfect(folder):
 
 @pytest.mark.slow
 def test_heldout_accuracy_matches_eval_json(folder):
-    from mmalign.synth.train_audio import evaluate_model
+    from mmalign.zoo.train_audio import evaluate_model
 
     rec = json.loads((folder / "eval.json").read_text())
     now = evaluate_model(folder, n=60, seed=rec["seed"], progress=False)

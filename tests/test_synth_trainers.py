@@ -1,13 +1,17 @@
-"""The training scripts of the shipped synth models (``python -m mmalign.synth.train_audio`` /
-``train_video``, tiny settings): a stage stopped with ``touch WORK/STOP`` and run again resumes to
-exactly the weights of an uninterrupted run, and the result loads as a generator that samples."""
+"""The training scripts of the shipped models (``python -m mmalign.zoo.train_sdxl`` / ``train_video`` /
+``train_audio``, tiny settings): a stage stopped with ``touch WORK/STOP`` and run again resumes to
+exactly the weights of an uninterrupted run; the command each preset names writes the folder the
+preset loads, with ``eval.json`` next to the model; folders are swapped in atomically."""
 
 from __future__ import annotations
 
 import functools
+import importlib
+import json
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
 import torch
 
 
@@ -32,7 +36,7 @@ def _stop_and_resume(stage: Callable[..., Any], name: str, straight: Path, stopp
 def test_audio_stages_resume_after_stop_exactly(tmp_path):
     from diffusers import AutoencoderOobleck
 
-    from mmalign.synth.train_audio import train_dit, train_vae
+    from mmalign.zoo.train_audio import train_dit, train_vae
 
     kw = {"seed": 0, "bank": 6, "batch": 2, "log": lambda line: None}
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
@@ -48,7 +52,7 @@ def test_audio_stages_resume_after_stop_exactly(tmp_path):
 def test_speed_perturb_shifts_pitch_and_tempo_exactly():
     from mmalign.synth.oracle import analyze_audio
     from mmalign.synth.render import render
-    from mmalign.synth.train_audio import SAMPLE_RATE, speed_perturb
+    from mmalign.zoo.train_audio import SAMPLE_RATE, speed_perturb
 
     x = render(["a slow mid melody on a square synth"], seed=0, sample_rate=SAMPLE_RATE).samples[0]
     before = analyze_audio(x[0].numpy(), SAMPLE_RATE)
@@ -64,7 +68,7 @@ def test_speed_perturb_shifts_pitch_and_tempo_exactly():
 
 def test_drop_attributes_leaves_out_only_attribute_words():
     from mmalign.synth.prompts import all_prompts
-    from mmalign.synth.train_audio import drop_attributes, tokenizer
+    from mmalign.zoo.train_audio import drop_attributes, tokenizer
 
     prompts = all_prompts("audio")
     g = torch.Generator().manual_seed(0)
@@ -83,7 +87,7 @@ def test_video_stages_resume_after_stop_and_the_pipeline_loads(tmp_path):
     from diffusers import AutoencoderKLWan
 
     from mmalign.generators import load_generator
-    from mmalign.synth.train_video import FRAMES, save_pipeline, train_dit, train_vae
+    from mmalign.zoo.train_video import FRAMES, save_pipeline, train_dit, train_vae
 
     kw = {"seed": 0, "bank": 4, "batch": 2, "log": lambda line: None}
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
@@ -99,3 +103,52 @@ def test_video_stages_resume_after_stop_and_the_pipeline_loads(tmp_path):
     gen = load_generator(str(tmp_path / "model"))
     assert gen.family == "wan"
     assert gen.sample(["a red circle moving left"], steps=2, progress=False).pixels.shape == (1, FRAMES, 3, 32, 32)
+
+
+#: tiny settings of each preset's training command, and the family the loaded folder must have
+TINY_RUNS = {
+    "synth-sdxl": (["--vae-bank", "8", "--bank", "8"], "sdxl"),
+    "synth-video": (["--bank", "4"], "wan"),
+    "synth-audio": (["--bank", "4", "--vae-batch", "2"], "stable_audio"),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(TINY_RUNS))
+def test_preset_command_writes_where_the_preset_loads(preset, tmp_path, monkeypatch):
+    """``python -m <module>`` of ``PRESETS[preset]`` with its default folders (asset root moved to a temp
+    folder): the model and its eval.json land in the folder ``load_generator(preset)`` reads."""
+    import mmalign.generators as generators
+    import mmalign.zoo.stages as stages
+
+    root = tmp_path / "assets"
+    monkeypatch.setattr(stages, "asset_path", lambda *parts: root.joinpath(*parts))
+    monkeypatch.setattr(generators, "asset_path", lambda *parts: root.joinpath(*parts))
+    module = generators.PRESETS[preset].split()[2]  # "python -m <module> ..."
+    extra, family = TINY_RUNS[preset]
+    importlib.import_module(module).main(["--vae-steps", "2", "--steps", "2", "--batch", "2", "--eval-n", "2", *extra])
+
+    folder = root / "models" / preset
+    gen = generators.load_generator(preset)
+    assert gen.family == family
+    result = json.loads((folder / "eval.json").read_text())
+    assert result["generator"] == preset
+    assert (folder / "train_log.jsonl").read_text() == (root / "models" / f"{preset}.work" / "train_log.jsonl").read_text()
+    assert sorted(p.name for p in root.joinpath("models").iterdir()) == [preset, f"{preset}.work"]  # no temporary folders
+
+
+def test_atomic_folder_swaps_whole_folders_and_keeps_the_old_one_on_failure(tmp_path):
+    from mmalign.checkpoint import atomic_folder
+
+    target = tmp_path / "model"
+    atomic_folder(target, lambda tmp: (tmp / "a.txt").write_text("1"))
+    atomic_folder(target, lambda tmp: (tmp / "b.txt").write_text("2"))
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+
+    def fail(tmp: Path) -> None:
+        (tmp / "c.txt").write_text("3")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_folder(target, fail)
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

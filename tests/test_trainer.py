@@ -51,7 +51,7 @@ def test_unknown_key_fails_before_any_work(tmp_path):
     adapter = TinyAdapter()
     with pytest.raises(ConfigError, match="did you mean 'batch_size'"):
         train(base_recipe(tmp_path, batch_sise=2), adapter=adapter)
-    with pytest.raises(ConfigError, match="lora.rank"):
+    with pytest.raises(ConfigError, match="unknown key 'lora.rnk'; did you mean 'rank'"):
         train(base_recipe(tmp_path), overrides=["lora.rnk=4"], adapter=adapter)
     assert adapter.encode_calls == 0 and not (tmp_path / "run").exists()
 

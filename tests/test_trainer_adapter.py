@@ -1,5 +1,6 @@
 """A minimal real DiffusionAdapter for trainer tests (tiny diffusers UNet2DConditionModel + DDPMScheduler),
-plus checks of the trainer's building blocks on it: P3 (LoRA init = reference, bit for bit) and P4.
+plus checks of the trainer's building blocks on it: a fresh LoRA equals the reference bit for bit, and
+the k items of a record share their timestep and noise.
 
 Also a command-line entry used by the kill -9 test: ``python tests/test_trainer_adapter.py RECIPE [--resume]``.
 """
@@ -65,6 +66,9 @@ class TinyAdapter(DiffusionAdapter):
         self.encode_calls += len(media)
         return self.image(media.pixels * 2 - 1)
 
+    def encoders(self) -> dict[str, torch.nn.Module]:
+        return {"text": self.text, "image": self.image}
+
     def release_encoders(self) -> None:
         self.text = self.image = None
 
@@ -110,16 +114,16 @@ def base_recipe(tmp: Path, **over) -> dict:
 # ------------------------------------------------------------------------------------------- tests
 
 
-def test_p3_lora_init_is_bitwise_reference_and_loss_ln2(tmp_path):
+def test_lora_init_is_bitwise_reference_and_loss_ln2(tmp_path):
     from mmalign.align.config import load_recipe
-    from mmalign.align.trainer import _add_lora, compute_loss, lora_disabled, step_generator
+    from mmalign.align.trainer import add_lora, compute_loss, lora_disabled, step_generator
     from mmalign.data.cache import encode_dataset
     from mmalign.data.pairs import read_manifest
 
     adapter = TinyAdapter()
     recipe = load_recipe(base_recipe(tmp_path))
     data = encode_dataset(read_manifest(recipe.data.path), adapter, "tiny", None, progress=False)
-    _add_lora(recipe, adapter)
+    add_lora(recipe, adapter)
     assert any("lora_B" in n for n, _ in adapter.denoiser.named_parameters())
     x = torch.randn(2, 4, 8, 8)
     t = torch.tensor([10, 500])
@@ -136,7 +140,7 @@ def test_p3_lora_init_is_bitwise_reference_and_loss_ln2(tmp_path):
     assert m["implicit_acc"].item() == 0.5 and m["reward_margin"].item() == 0.0
 
 
-def test_p4_noise_and_timestep_shared_within_pair():
+def test_noise_and_timestep_shared_within_pair():
     from mmalign.align.trainer import shared_noise
 
     adapter = TinyAdapter()

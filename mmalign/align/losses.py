@@ -3,15 +3,15 @@
 Every function takes *errors* (per-sample mean squared errors of the denoiser's prediction against
 the training target, see :func:`per_sample_error`) and returns ``(loss, metrics)``: a scalar loss
 to minimise and a dict of detached scalar tensors for logging. Losses are computed in (at least)
-fp32 whatever the input dtype (Diffusion-DPO's signal is ~1e-4 in MSE, below fp16 resolution;
-reference ``training.md`` §1.8, P14).
+fp32 whatever the input dtype (Diffusion-DPO's signal is ~1e-4 in MSE, below fp16 resolution).
 
-Conventions (reference ``training.md``):
+Conventions:
 
 * ``label`` is P(first ≻ second): 1 = the first item ("chosen", y_w) wins, 0 = the second wins,
-  0.5 = a tie. A tie is never silently a win (§1.3, P6).
+  0.5 = a tie. A tie is never silently a win (the official ``train.py`` drops ties; the diffusers
+  loader would count them as wins of the first image).
 * Implicit accuracy counts a pair as correct when the implicit reward margin has the label's
-  sign; a zero margin counts 0.5 (the diffusers convention, P3). Hence at initialisation, where
+  sign; a zero margin counts 0.5 (the diffusers convention). Hence at initialisation, where
   policy = reference and every margin is exactly 0, implicit accuracy is **0.5**, not 0 as in the
   official code. Tie-labelled pairs always count 0.5.
 """
@@ -41,9 +41,9 @@ def _f32(x: Tensor | float) -> Tensor:
 def per_sample_error(pred: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
     """Per-sample squared error ``‖pred − target‖²`` in fp32, reduced over all non-batch dims.
 
-    ``reduction="mean"`` is the official Diffusion-DPO convention (``train.py`` L1125, ``training.md``
-    §1.1): a mean over the C·H·W latent elements. ``"sum"`` sums instead; a DPO loss on summed errors
-    equals the mean-error loss only with β divided by the element count (P5).
+    ``reduction="mean"`` is the official Diffusion-DPO convention (DiffusionDPO ``train.py`` @ 5233e75,
+    L1125): a mean over the C·H·W latent elements. ``"sum"`` sums instead; a DPO loss on summed errors
+    equals the mean-error loss only with β divided by the element count.
     """
     err = (_f32(pred) - _f32(target)).pow(2).flatten(1)
     if reduction == "mean":
@@ -71,13 +71,13 @@ def diffusion_dpo_loss(
     """Diffusion-DPO loss (Wallace et al. 2023, arXiv 2311.12908, Eq. 14; official ``train.py`` L1142–1145).
 
     With per-sample errors ``e`` of the policy (model) and the frozen reference at the *same* noise
-    and timestep for both members of a pair (``training.md`` §1.1)::
+    and timestep for both members of a pair (official ``train.py`` L1053–1055)::
 
         inside = −(β/2) · [(e_w − e_l) − (e_w^ref − e_l^ref)]
         loss   = mean( label·softplus(−inside) + (1 − label)·softplus(inside) )
 
     For ``label = 1`` this is the official ``−logsigmoid(inside).mean()`` (the paper's T·ω(λ_t) is
-    folded into β; β = 5000 with the ½, or the diffusers SD1.5 script's 2500 without it, P2).
+    folded into β; β = 5000 with the ½, or the diffusers SD1.5 script's 2500 without it).
     ``label = 0`` swaps the roles of the two items; ``label = 0.5`` (a tie) gives the symmetric
     label-smoothed loss, minimised at a zero margin, so a tie pulls the two errors together instead
     of counting as a win.
@@ -124,7 +124,7 @@ def ranks_descending(scores: Tensor) -> Tensor:
 
 
 def lambda_weights(psi: Tensor, ranks: Tensor) -> Tensor:
-    """LambdaLoss / LiPO-λ pair weights Δ_ij (``training.md`` §3; LiPO, arXiv 2402.01878, Eq. 8).
+    """LambdaLoss / LiPO-λ pair weights Δ_ij (LiPO, Liu et al. 2024, arXiv 2402.01878, Eq. 8).
 
     Δ_ij = |G_i − G_j| · |1/D(τ_i) − 1/D(τ_j)| with gain G = 2^ψ − 1, discount D(τ) = ln(1 + τ) and
     1-based ranks τ; returned as ``[..., k, k]``, constant (no gradient). The RankDPO gain
@@ -162,7 +162,7 @@ def _lambda_pairwise(scores: Tensor, psi: Tensor, ranks: Tensor, reduction: str)
 def rank_dpo_loss(
     scores: Tensor, psi: Tensor, beta: float, discount_ranks: str = "psi", reduction: str = "sum"
 ) -> tuple[Tensor, Metrics]:
-    """RankDPO loss (Karthik et al. 2024, arXiv 2410.18013, Algorithm 2 and Eq. 6; ``training.md`` §2).
+    """RankDPO loss (Karthik et al. 2024, arXiv 2410.18013, Algorithm 2 and Eq. 6).
 
     ``scores`` ``[B, k]`` are s_i = e_θ(x_i) − e_ref(x_i) (policy minus reference denoising error at
     a shared t and ε; lower is better) and ``psi`` ``[B, k]`` the Syn-Pic win rates in [0, 1]::
@@ -172,7 +172,7 @@ def rank_dpo_loss(
     with Δ_ij from :func:`lambda_weights`. Open point of the reference, as an option
     ``discount_ranks``: ``"psi"`` takes the DCG ranks τ from ψ (the algorithm text), ``"model"`` from
     the current model (items sorted by −s, the Figure 2 caption and LiPO-λ). Tied ψ give no pair.
-    β here multiplies s directly (P9); the trainer passes β/2 so that k = 2 matches Diffusion-DPO's
+    β here multiplies s directly; the trainer passes β/2 so that k = 2 matches Diffusion-DPO's
     −(β/2) scale. ``reduction="mean"`` averages over valid pairs instead of summing per list.
     """
     if discount_ranks not in DISCOUNT_RANKS:
@@ -183,7 +183,7 @@ def rank_dpo_loss(
 
 
 def lipo_lambda_loss(scores: Tensor, labels: Tensor, reduction: str = "sum") -> tuple[Tensor, Metrics]:
-    """LiPO-λ loss (Liu et al. 2024, arXiv 2402.01878, Eq. 8; ``training.md`` §3).
+    """LiPO-λ loss (Liu et al. 2024, arXiv 2402.01878, Eq. 8).
 
     ``scores`` ``[B, k]`` are the implicit rewards s_i (higher = better); for diffusion models
     s_i = −(β/2)·(e_θ(x_i) − e_ref(x_i)) at a shared t and ε. ``labels`` ψ ``[B, k]`` are graded::

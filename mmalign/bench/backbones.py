@@ -1,19 +1,22 @@
 """Backbones the benchmark dimensions share: feature extractors, optical flow, interpolators, IQA.
 
 A backbone is loaded once per run by the runner and its outputs are shared by every dimension that
-declares it (ARCHITECTURE.md "Benchmark"). Each backbone carries the preprocessing of the reference
-(VBench ``45e79ec``, reference/benchmarks.md §1.4–§1.5):
+declares it. Backbones are registered by name in :data:`BACKBONES` (``@register_backbone("name")``
+on a factory ``ctx -> Backbone``); a suite lists, per role, the names it prefers. Each backbone
+carries the preprocessing of Vchitect/VBench@45e79ec (``vbench/utils.py``: ``init_submodules``,
+``dino_transform``, ``clip_transform``):
 
 * ``dino-vitb16`` — DINO ViT-B/16 CLS token via timm; ``dino_transform(224)``: Resize(224, bilinear,
-  antialias=False) on float 0–255, no crop, /255, ImageNet normalisation (§1.5);
+  antialias=False) on float 0–255, no crop, /255, ImageNet normalisation;
 * ``clip-vitb32`` — OpenAI CLIP ViT-B/32 via open_clip; ``clip_transform(224)``: Resize(224, bicubic,
   antialias=False), CenterCrop(224), /255, CLIP normalisation (fp32 on CPU; VBench uses fp16 on CUDA);
-* ``laion-aesthetic`` — CLIP ViT-L/14 + LAION linear head, score = Linear(normalize(emb))/10 (§1.6.6);
-* ``musiq-spaq`` — MUSIQ via pyiqa if installed, preprocessing mode ``longer`` (§1.6.7);
-* ``raft-large`` / ``raft-small`` — torchvision RAFT, iters 20, sintel padding to ×8 (§1.6.5);
+* ``laion-aesthetic`` — CLIP ViT-L/14 + LAION linear head, score = Linear(normalize(emb))/10
+  (``vbench/aesthetic_quality.py``);
+* ``musiq-spaq`` — MUSIQ via pyiqa if installed, preprocessing mode ``longer`` (``vbench/imaging_quality.py``);
+* ``raft-large`` / ``raft-small`` — torchvision RAFT, iters 20, sintel padding to ×8 (``vbench/dynamic_degree.py``);
 * ``horn-schunck`` — a *classical fallback* flow (Horn & Schunck 1981), labelled as such in results;
 * ``linear-interp`` — a *classical fallback* interpolator for motion_smoothness (the mean of the two
-  neighbours, truncated like AMT's output), labelled as such; ``amt-s`` if a user registers it;
+  neighbours, truncated like AMT's output), labelled as such; ``amt-s`` (AMT-S) is not bundled;
 * ``pixels`` — an 8×8 pixel-space feature, the labelled stand-in when no learned model is shipped.
 
 Weights are read from disk only, in VBench's cache layout under ``weights_dir`` (``$VBENCH_CACHE_DIR``
@@ -27,13 +30,15 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from mmalign.errors import ConfigError, InputError
+from mmalign.errors import InputError
+from mmalign.registry import Registry
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -64,7 +69,7 @@ def _need_file(ctx: LoadContext, rel: str, what: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
-# preprocessing (§1.5)
+# preprocessing (vbench/utils.py)
 
 
 def dino_transform(frames: torch.Tensor, size: int = 224) -> torch.Tensor:
@@ -86,10 +91,11 @@ def clip_transform(frames: torch.Tensor, size: int = 224) -> torch.Tensor:
 
 @dataclass
 class Backbone:
-    """Base: ``name``, ``kind`` and a ``note`` that reports must show (e.g. "classical fallback")."""
+    """Base: ``name``, ``kind`` (what the runner asks of it) and a ``note`` that reports must show
+    (e.g. "classical fallback")."""
 
+    kind: ClassVar[str] = "image"
     name: str
-    kind: str = field(init=False, default="image")
     note: str = field(default="", kw_only=True)
     batch_size: int = field(default=32, kw_only=True)
 
@@ -122,10 +128,8 @@ class FeatureBackbone(Backbone):
 class FlowBackbone(Backbone):
     """Flow magnitude maps ``[P, H', W']`` for frame pairs (a_i → b_i), uint8 frames ``[P, 3, H, W]``."""
 
+    kind: ClassVar[str] = "flow"
     flow_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-
-    def __post_init__(self) -> None:
-        self.kind = "flow"
 
     def magnitudes(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         out = []
@@ -140,10 +144,8 @@ class FlowBackbone(Backbone):
 class InterpBackbone(Backbone):
     """Midpoint frames (uint8 ``[P, 3, H, W]``) between pairs of uint8 frames."""
 
+    kind: ClassVar[str] = "interp"
     interp_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-
-    def __post_init__(self) -> None:
-        self.kind = "interp"
 
     def midpoints(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -154,10 +156,8 @@ class InterpBackbone(Backbone):
 class ScoreBackbone(Backbone):
     """One score per frame ``[T]`` (aesthetic head, MUSIQ)."""
 
+    kind: ClassVar[str] = "score"
     score_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
-
-    def __post_init__(self) -> None:
-        self.kind = "score"
 
     def features(self, frames: torch.Tensor) -> torch.Tensor:
         out = []
@@ -170,31 +170,20 @@ class ScoreBackbone(Backbone):
 # registry
 
 BackboneFactory = Callable[[LoadContext], Backbone]
-_REGISTRY: dict[str, BackboneFactory] = {}
-
-
-def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
-    """Register a factory ``ctx -> Backbone`` (e.g. a user's AMT-S as ``"amt-s"``)."""
-
-    def deco(fn: BackboneFactory) -> BackboneFactory:
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
+#: backbone name -> factory ``ctx -> Backbone``
+BACKBONES: Registry[BackboneFactory] = Registry("backbone")
+#: ``@register_backbone("my-amt")`` registers a factory; list the name first for its role in a suite
+register_backbone = BACKBONES.register
 
 
 def list_backbones() -> list[str]:
-    return sorted(_REGISTRY)
+    return BACKBONES.names()
 
 
 def load_backbone(name: str, ctx: LoadContext) -> Backbone:
-    """Build backbone ``name``; :class:`BackboneMissing` if its weights or package are absent."""
-    if name not in _REGISTRY:
-        import difflib
-
-        near = difflib.get_close_matches(name, _REGISTRY, n=3)
-        raise ConfigError(f"unknown backbone {name!r}; nearest: {near}; known: {list_backbones()}")
-    return _REGISTRY[name](ctx)
+    """Build backbone ``name``; :class:`BackboneMissing` if its weights or package are absent, a
+    ConfigError naming the nearest if no backbone has that name."""
+    return BACKBONES.get(name)(ctx)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,7 +252,7 @@ def _clip_b32(ctx: LoadContext) -> Backbone:
 
 
 def aesthetic_backbone_from_model(model, head: torch.nn.Linear, name: str = "laion-aesthetic", **kw) -> ScoreBackbone:
-    """LAION aesthetic: score = Linear(768→1)(normalize(fp32(encode_image(x)))) / 10 (§1.6.6, B10)."""
+    """LAION aesthetic: score = Linear(768→1)(normalize(fp32(encode_image(x)))) / 10 (``vbench/aesthetic_quality.py``)."""
     model.eval()
     head.eval()
     device = kw.pop("device", torch.device("cpu"))
@@ -287,7 +276,7 @@ def _aesthetic(ctx: LoadContext) -> Backbone:
 
 
 def musiq_preprocess(frame: torch.Tensor, mode: str = "longer") -> torch.Tensor:
-    """VBench imaging_quality preprocessing (default ``longer``): longer side ≤ 512, then /255 (§1.6.7)."""
+    """VBench imaging_quality preprocessing (default ``longer``): longer side ≤ 512, then /255 (``vbench/imaging_quality.py``)."""
     h, w = frame.shape[-2:]
     x = frame.float()
     if mode == "longer" and max(h, w) > 512:
@@ -422,8 +411,9 @@ def _linear(ctx: LoadContext) -> Backbone:
 @register_backbone("amt-s")
 def _amt(ctx: LoadContext) -> Backbone:
     raise BackboneMissing(
-        "AMT-S (motion_smoothness) is not bundled; register your own with "
-        "mmalign.bench.backbones.register_backbone('amt-s') or use the labelled 'linear-interp' fallback"
+        "AMT-S (motion_smoothness) is not bundled; register yours under another name with "
+        "mmalign.bench.backbones.register_backbone('my-amt') and put it first for the 'interp' role "
+        "(run_benchmark(..., backbones={'interp': ['my-amt']})), or use the labelled 'linear-interp' fallback"
     )
 
 

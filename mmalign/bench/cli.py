@@ -17,27 +17,18 @@ def sample_suite(generator: str, suite, folder: Path, *, seed: int = 0, n: int |
                  device: str = "auto", progress: bool = True) -> Path:
     """Sample ``n`` (the suite's samples_per_prompt) items per prompt and save them in the suite's naming.
 
-    ``generator`` is any :func:`mmalign.generators.load_generator` id, or ``synth-render`` — the
-    synthetic world's exact renderer (a reference 'perfect generator').
+    ``generator`` is any :func:`mmalign.generators.load_generator` id, preset or folder.
     """
+    from mmalign.generators import load_generator
     from mmalign.media import save_media
 
     n = n or suite.samples_per_prompt
     prompts = suite.prompts()
-    gen = None
-    if generator != "synth-render":
-        from mmalign.generators import load_generator
-
-        gen = load_generator(generator, device=device)
-        if gen.modality != suite.modality:
-            raise ConfigError(f"generator {generator!r} makes {gen.modality}, suite {suite.name!r} needs {suite.modality}")
+    gen = load_generator(generator, device=device)
+    if gen.modality != suite.modality:
+        raise ConfigError(f"generator {generator!r} makes {gen.modality}, suite {suite.name!r} needs {suite.modality}")
     for i in range(n):  # one call per sample index: file i of every prompt comes from seed + i
-        if gen is None:
-            from mmalign.synth.render import render
-
-            media = render(prompts, seed=seed + i, modality=suite.modality)
-        else:
-            media = gen.sample(prompts, n=1, seed=seed + i, progress=progress)
+        media = gen.sample(prompts, n=1, seed=seed + i, progress=progress)
         names = [suite.naming.format(prompt=p, index=i) for p in prompts]
         save_media(media, folder, names)
     return folder

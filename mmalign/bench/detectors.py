@@ -1,19 +1,17 @@
-"""Pluggable detectors for the semantic dimensions, and the synthetic world's exact one.
+"""Pluggable detectors for the semantic dimensions.
 
 VBench answers object_class, multiple_objects, color and spatial_relationship with GRiT (ObjectDet
-and DenseCap tasks) and scene with Tag2Text captions (reference/benchmarks.md §1.6.8–§1.6.12). A
-:class:`Detector` here returns, per frame, a list of :class:`Detection` (class name, box, optional
-dense caption) and optionally a caption of the frame; the dimensions apply VBench's formulas to them.
+and DenseCap tasks) and scene with Tag2Text captions (Vchitect/VBench@45e79ec ``vbench/object_class.py``,
+``multiple_objects.py``, ``color.py``, ``spatial_relationship.py``, ``scene.py``). A :class:`Detector`
+here returns, per frame, a list of :class:`Detection` (class name, box, optional dense caption) and
+optionally a caption of the frame; the dimensions apply VBench's formulas to them.
 
-* :class:`SynthOracleDetector` — the exact oracle of :mod:`mmalign.synth.oracle` (palette
-  segmentation, connected components, shape from fill ratio) per frame: label = shape word, dense
-  caption = "a {color} {shape}", caption = the frame's objects. It needs no weights and runs on CPU.
-* GRiT / Tag2Text are not bundled: register your own with :func:`register_detector`.
+GRiT / Tag2Text are not bundled: register your own with :func:`register_detector` (the synthetic
+world registers its exact one, ``synth-oracle``, this way).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -59,40 +57,10 @@ class DetectorBackbone(Backbone):
         self.kind = "detector"
 
 
-class SynthOracleDetector:
-    """Detections of the synthetic world from its exact oracle (``mmalign.synth.oracle.find_blobs``)."""
-
-    name = "synth-oracle"
-    note = "exact oracle of the synthetic world (palette segmentation), not GRiT/Tag2Text"
-
-    def detect(self, frames: torch.Tensor) -> list[list[Detection]]:
-        from mmalign.synth.oracle import find_blobs
-
-        out = []
-        for f in frames:
-            img = f.float().numpy() / 255.0  # [3, H, W] in [0, 1]
-            dets = []
-            for b in find_blobs(img):
-                r = math.sqrt(b.area) / 2  # half side of the equal-area box
-                box = (b.cx - r, b.cy - r, b.cx + r, b.cy + r)
-                dets.append(Detection(b.shape, box, 1.0, f"a {b.color} {b.shape}"))
-            out.append(dets)
-        return out
-
-    def caption(self, frames: torch.Tensor) -> list[str]:
-        return [" and ".join(d.caption for d in dets) for dets in self.detect(frames)]
-
-
-_DETECTORS: dict[str, Callable[[], Detector]] = {"synth-oracle": SynthOracleDetector}
-
-
 def register_detector(name: str, factory: Callable[[], Detector]) -> None:
-    """Make a detector available to suites as backbone ``name`` (e.g. a GRiT wrapper)."""
-    _DETECTORS[name] = factory
+    """Make a detector available to suites as backbone ``name`` (e.g. a GRiT wrapper); ``factory.note``, if
+    any, labels its results."""
     register_backbone(name)(lambda ctx: DetectorBackbone(name, detector=factory(), note=getattr(factory, "note", "")))
-
-
-register_backbone("synth-oracle")(lambda ctx: DetectorBackbone("synth-oracle", detector=SynthOracleDetector(), note=SynthOracleDetector.note))
 
 
 @register_backbone("grit")

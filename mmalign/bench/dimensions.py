@@ -2,34 +2,42 @@
 
 A dimension declares what it consumes (backbone *roles* and a frame :class:`Sampling`); the runner
 decodes each video once, runs each backbone once per (video, sampling) and hands the shared
-results to every dimension through a :class:`VideoInputs`. Decoding or loading a model inside a
-dimension is a bug (STYLE.md "Metrics and benchmark dimensions").
+results to every dimension through a :class:`VideoInputs`, so a dimension never decodes a file or
+loads a model itself. Dimensions are registered by name in :data:`DIMENSIONS`
+(``@DIMENSIONS.register("name")``); :func:`get_dimension` builds one.
 
 ``measure`` returns one per-video record in VBench's results layout (``video_results`` plus the
-extras of reference §1.2) and two sufficient statistics ``num``/``den``; the aggregate is
-Σnum/Σden, which reproduces VBench's 1-GPU aggregation (frame-weighted where VBench weights by
-frames, video-weighted where it averages videos) and merges exactly across shards.
+per-dimension extras of ``{name}_eval_results.json``) and two sufficient statistics ``num``/``den``;
+the aggregate is Σnum/Σden, which reproduces VBench's 1-GPU aggregation (frame-weighted where
+VBench weights by frames, video-weighted where it averages videos) and merges exactly across
+shards. Docstrings name the upstream file of each dimension (Vchitect/VBench@45e79ec ``vbench/``).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 
 from mmalign.bench import formulas as fm
 from mmalign.bench.detectors import Detection
+from mmalign.errors import ConfigError
+from mmalign.registry import Registry
 
 
 @dataclass(frozen=True)
 class Sampling:
     """Which decoded frames a dimension uses: ``all``, ``middle`` (n, VBench 'middle'), ``fps`` (≈n fps)."""
 
-    mode: str = "all"
+    mode: Literal["all", "middle", "fps"] = "all"
     n: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("all", "middle", "fps") or (self.mode != "all" and self.n < 1):
+            raise ConfigError(f"Sampling({self.mode!r}, {self.n}): mode must be 'all', or 'middle'/'fps' with n >= 1")
 
     @property
     def key(self) -> str:
@@ -40,9 +48,7 @@ class Sampling:
             return list(range(num_frames))
         if self.mode == "middle":
             return fm.frame_indices(self.n, num_frames)
-        if self.mode == "fps":
-            return list(range(0, num_frames, fm.fps_interval(fps, self.n)))
-        raise ValueError(f"unknown sampling mode {self.mode!r}")
+        return list(range(0, num_frames, fm.fps_interval(fps, self.n)))
 
 
 ALL = Sampling("all")
@@ -82,13 +88,11 @@ class VideoInputs(Protocol):
 class Dimension:
     """One benchmark dimension. Subclasses set the class constants and implement :meth:`measure`."""
 
-    name: ClassVar[str]
     group: ClassVar[str] = "quality"  # quality | semantic | extra
     roles: ClassVar[tuple[str, ...]] = ()  # backbone roles required
     optional_roles: ClassVar[tuple[str, ...]] = ()  # used when available
     sampling: ClassVar[Sampling] = ALL
     higher_is_better: ClassVar[bool] = True
-    aux_key: ClassVar[str | None] = None  # auxiliary_info key the dimension needs
 
     def measure(self, v: VideoInputs) -> dict[str, Any] | None:
         """Per-video record ``{"video_results", ..., "num", "den"}``, or ``None`` if it does not count."""
@@ -104,6 +108,15 @@ class Dimension:
     def _mean(value: float) -> dict[str, Any]:
         return {"video_results": value, "num": value, "den": 1.0}
 
+    @staticmethod
+    def _success(ok: bool) -> dict[str, Any]:
+        """A pass/fail video (VBench keeps the bool as ``video_results``); aggregate = fraction passed."""
+        return {"video_results": ok, "num": float(ok), "den": 1.0}
+
+
+#: dimension name -> its class (VBench's 16, then the synthetic world's)
+DIMENSIONS: Registry[type[Dimension]] = Registry("dimension")
+
 
 # ---------------------------------------------------------------------------------------------
 # quality
@@ -118,18 +131,18 @@ class _Consistency(Dimension):
         return {"video_results": value, "num": total, "den": count}
 
 
+@DIMENSIONS.register("subject_consistency")
 class SubjectConsistency(_Consistency):
-    """§1.6.1: DINO CLS features; aggregate Σ_videos Σ_t s_t / Σ_videos (F−1) (1-GPU path)."""
+    """``subject_consistency.py``: DINO CLS features; aggregate Σ_videos Σ_t s_t / Σ_videos (F−1) (1-GPU path)."""
 
-    name = "subject_consistency"
     roles = ("dino",)
     role = "dino"
 
 
+@DIMENSIONS.register("background_consistency")
 class BackgroundConsistency(_Consistency):
-    """§1.6.2: CLIP ViT-B/32 features; aggregate Σ video_sim / Σ cnt."""
+    """``background_consistency.py``: CLIP ViT-B/32 features; aggregate Σ video_sim / Σ cnt."""
 
-    name = "background_consistency"
     roles = ("clip",)
     role = "clip"
 
@@ -139,14 +152,15 @@ class BackgroundConsistency(_Consistency):
         return r
 
 
+@DIMENSIONS.register("temporal_flickering")
 class TemporalFlickering(Dimension):
-    """§1.6.3: (255 − mean MAE)/255 over *static* videos; the static filter needs a flow backbone.
+    """``temporal_flickering.py``: (255 − mean MAE)/255 over *static* videos (``static_filter.py``,
+    which needs a flow backbone).
 
     VBench keeps the first ``keep_per_prompt`` (5) static videos per prompt (by file index). Without
     a flow backbone every video counts and the record says ``static_filter: "skipped"``.
     """
 
-    name = "temporal_flickering"
     optional_roles = ("flow",)
     keep_per_prompt: ClassVar[int] = 5
 
@@ -174,10 +188,10 @@ class TemporalFlickering(Dimension):
         return super().aggregate(kept)
 
 
+@DIMENSIONS.register("motion_smoothness")
 class MotionSmoothness(Dimension):
-    """§1.6.4: even frames → interpolated midpoints vs the odd frames; (255 − vfi)/255, mean over videos."""
+    """``motion_smoothness.py``: even frames → interpolated midpoints vs the odd frames; (255 − vfi)/255, mean over videos."""
 
-    name = "motion_smoothness"
     roles = ("interp",)
 
     def measure(self, v: VideoInputs) -> dict[str, Any] | None:
@@ -189,10 +203,11 @@ class MotionSmoothness(Dimension):
         return self._mean(fm.motion_smoothness(odd, preds))
 
 
+@DIMENSIONS.register("dynamic_degree")
 class DynamicDegree(Dimension):
-    """§1.6.5: ≈8 fps subsampling, top-5% flow per pair, dynamic iff ≥ round(4·count/16) pairs > 6·min(H,W)/256."""
+    """``dynamic_degree.py``: ≈8 fps subsampling, top-5% flow per pair, dynamic iff ≥ round(4·count/16)
+    pairs > 6·min(H,W)/256."""
 
-    name = "dynamic_degree"
     roles = ("flow",)
     sampling = FPS8
 
@@ -200,24 +215,23 @@ class DynamicDegree(Dimension):
         count = len(self.sampling.indices(v.num_frames, v.fps))
         mags = v.flow("flow", self.sampling)
         scores = [fm.top_fraction_mean(m, 0.05) for m in mags]
-        dyn = fm.is_dynamic(scores, v.height, v.width, count)
-        return {"video_results": dyn, "num": float(dyn), "den": 1.0}
+        return self._success(fm.is_dynamic(scores, v.height, v.width, count))
 
 
+@DIMENSIONS.register("aesthetic_quality")
 class AestheticQuality(Dimension):
-    """§1.6.6: LAION head on CLIP ViT-L/14, /10 per frame; mean over frames, then over videos."""
+    """``aesthetic_quality.py``: LAION head on CLIP ViT-L/14, /10 per frame; mean over frames, then over videos."""
 
-    name = "aesthetic_quality"
     roles = ("aesthetic",)
 
     def measure(self, v: VideoInputs) -> dict[str, Any]:
         return self._mean(float(v.features("aesthetic", ALL).mean()))
 
 
+@DIMENSIONS.register("imaging_quality")
 class ImagingQuality(Dimension):
-    """§1.6.7: MUSIQ per frame (0–100), per-video mean on 0–100, aggregate mean/100 (B10)."""
+    """``imaging_quality.py``: MUSIQ per frame (0–100), per-video mean on 0–100, aggregate mean/100."""
 
-    name = "imaging_quality"
     roles = ("iqa",)
 
     def measure(self, v: VideoInputs) -> dict[str, Any]:
@@ -233,14 +247,17 @@ def _labels(dets: list[Detection]) -> set[str]:
     return {d.label for d in dets}
 
 
-class ObjectClass(Dimension):
-    """§1.6.8: a frame succeeds iff the target class is detected; Σ success frames / Σ frames."""
+class _Detections(Dimension):
+    """A semantic dimension on the detections (or captions) of VBench's 16 'middle' frames."""
 
-    name = "object_class"
     group = "semantic"
     roles = ("detector",)
     sampling = MIDDLE16
-    aux_key = "object_class"
+
+
+@DIMENSIONS.register("object_class")
+class ObjectClass(_Detections):
+    """``object_class.py``: a frame succeeds iff the target class is detected; Σ success frames / Σ frames."""
 
     def targets(self, v: VideoInputs) -> list[str]:
         return [v.aux["object"]]
@@ -253,27 +270,20 @@ class ObjectClass(Dimension):
                 "num": float(ok), "den": float(len(frames))}
 
 
+@DIMENSIONS.register("multiple_objects")
 class MultipleObjects(ObjectClass):
-    """§1.6.9: the label 'a and b' is split on ' and '; both must be detected in a frame."""
-
-    name = "multiple_objects"
-    aux_key = "multiple_objects"
+    """``multiple_objects.py``: the label 'a and b' is split on ' and '; both must be detected in a frame."""
 
     def targets(self, v: VideoInputs) -> list[str]:
         return v.aux["object"].split(" and ")
 
 
-class Color(Dimension):
-    """§1.6.10: DenseCap captions; color_frames / object_frames per video (videos with ≥1 object frame).
+@DIMENSIONS.register("color")
+class Color(_Detections):
+    """``color.py``: DenseCap captions; color_frames / object_frames per video (videos with ≥1 object frame).
 
     Keeps VBench's ``det_obj[0]`` quirk: every instance is paired with the frame's *first* class.
     """
-
-    name = "color"
-    group = "semantic"
-    roles = ("detector",)
-    sampling = MIDDLE16
-    aux_key = "color"
 
     def measure(self, v: VideoInputs) -> dict[str, Any] | None:
         color = v.aux["color"]
@@ -291,14 +301,9 @@ class Color(Dimension):
         return {"video_results": value, "num": value, "den": 1.0}
 
 
-class SpatialRelationship(Dimension):
-    """§1.6.11: max pair score of boxes labelled object_a/object_b per frame; mean over all frames."""
-
-    name = "spatial_relationship"
-    group = "semantic"
-    roles = ("detector",)
-    sampling = MIDDLE16
-    aux_key = "spatial_relationship"
+@DIMENSIONS.register("spatial_relationship")
+class SpatialRelationship(_Detections):
+    """``spatial_relationship.py``: max pair score of boxes labelled object_a/object_b per frame; mean over all frames."""
 
     def measure(self, v: VideoInputs) -> dict[str, Any]:
         info = v.aux["spatial_relationship"]
@@ -313,14 +318,11 @@ class SpatialRelationship(Dimension):
                 "num": sum(frame_scores), "den": float(n)}
 
 
-class Scene(Dimension):
-    """§1.6.12: a frame succeeds iff every token of the scene label is in its caption; frame-weighted."""
+@DIMENSIONS.register("scene")
+class Scene(_Detections):
+    """``scene.py``: a frame succeeds iff every token of the scene label is in its caption; frame-weighted."""
 
-    name = "scene"
-    group = "semantic"
     roles = ("captioner",)
-    sampling = MIDDLE16
-    aux_key = "scene"
 
     def measure(self, v: VideoInputs) -> dict[str, Any]:
         scene = v.aux["scene"]["scene"]
@@ -330,45 +332,51 @@ class Scene(Dimension):
                 "num": float(ok), "den": float(len(caps))}
 
 
+@DIMENSIONS.register("human_action")
 class HumanAction(Dimension):
-    """§1.6.13: UMT Kinetics-400 top-5 with p ≥ 0.85 must contain the label parsed from the file name."""
+    """``human_action.py``: UMT Kinetics-400 top-5 with p ≥ 0.85 must contain the label parsed from the file name."""
 
-    name = "human_action"
     group = "semantic"
     roles = ("action",)
 
     @staticmethod
     def label_from_filename(path: str) -> str:
-        """lower-case basename → before first '-' → after last 'person is ' → before first '_' (§1.3)."""
+        """lower-case basename → before first '-' → after last 'person is ' → before first '_'."""
         base = path.replace("\\", "/").rsplit("/", 1)[-1].lower()
         return base.split("-")[0].split("person is ")[-1].split("_")[0]
 
     def measure(self, v: VideoInputs) -> dict[str, Any]:
-        raise NotImplementedError("human_action needs a UMT action classifier backbone ('action' role)")
+        raise ConfigError("human_action: mmalign has no UMT Kinetics-400 classifier to answer the 'action' role; "
+                          "drop human_action from --dimensions")
 
 
 # ---------------------------------------------------------------------------------------------
 # semantic (text-video similarity)
 
 
-class AppearanceStyle(Dimension):
-    """§1.6.16: per-frame cos(CLIP image, CLIP style text) (= logits_per_text/100); frame-weighted (1 GPU)."""
+def _frame_text_cosines(v: VideoInputs, role: str, text: str) -> torch.Tensor:
+    """cos(frame feature, text feature) of every frame ``[T]``, both from the towers of ``role``."""
+    img = F.normalize(v.features(role, ALL), dim=-1)  # [T, D]
+    txt = F.normalize(v.text_features(role, [text]), dim=-1)  # [1, D]
+    return (img @ txt.T).squeeze(-1)
 
-    name = "appearance_style"
+
+@DIMENSIONS.register("appearance_style")
+class AppearanceStyle(Dimension):
+    """``appearance_style.py``: per-frame cos(CLIP image, CLIP style text) (= logits_per_text/100); frame-weighted (1 GPU)."""
+
     group = "semantic"
     roles = ("clip",)
-    aux_key = "appearance_style"
 
     def measure(self, v: VideoInputs) -> dict[str, Any]:
-        img = F.normalize(v.features("clip", ALL), dim=-1)  # [T, D]
-        txt = F.normalize(v.text_features("clip", [v.aux["appearance_style"]]), dim=-1)  # [1, D]
-        sims = (img @ txt.T).squeeze(-1).double()  # [T]
+        sims = _frame_text_cosines(v, "clip", v.aux["appearance_style"]).double()
         return {"video_results": float(sims.mean()), "frame_results": sims.tolist(), "cur_sim": float(sims[-1]),
                 "num": float(sims.sum()), "den": float(len(sims))}
 
 
 class _VideoText(Dimension):
-    """§1.6.14/15: cos(video embedding of 8 'middle' frames, prompt embedding); mean over videos.
+    """``temporal_style.py`` / ``overall_consistency.py``: cos(video embedding of 8 'middle' frames,
+    prompt embedding); mean over videos.
 
     With ViCLIP absent the 'video_text' role falls back to a CLIP image tower: the video embedding
     is the normalised mean of the 8 frames' CLIP features (a labelled deviation).
@@ -384,12 +392,14 @@ class _VideoText(Dimension):
         return self._mean(float((vid * txt).sum()))
 
 
+@DIMENSIONS.register("overall_consistency")
 class OverallConsistency(_VideoText):
-    name = "overall_consistency"
+    pass
 
 
+@DIMENSIONS.register("temporal_style")
 class TemporalStyle(_VideoText):
-    name = "temporal_style"
+    pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,20 +415,17 @@ class OracleSkill(Dimension):
 
     def measure(self, v: VideoInputs) -> dict[str, Any] | None:
         skills = v.oracle()["skills"]
-        if self.skill not in skills:
-            return None
-        ok = bool(skills[self.skill])
-        return {"video_results": ok, "num": float(ok), "den": 1.0}
+        return self._success(bool(skills[self.skill])) if self.skill in skills else None
 
 
-def _oracle_skill(dim_name: str, skill_name: str) -> type[OracleSkill]:
-    return type(f"Oracle_{dim_name}", (OracleSkill,), {"name": dim_name, "skill": skill_name, "__doc__": OracleSkill.__doc__})
+for _dim, _skill in (("motion_direction", "motion"), ("static_scene", "static"), ("color_change", "change")):
+    DIMENSIONS.register(_dim)(type(f"OracleSkill_{_skill}", (OracleSkill,), {"skill": _skill, "__doc__": OracleSkill.__doc__}))
 
 
+@DIMENSIONS.register("faithfulness")
 class Faithfulness(Dimension):
     """Oracle faithfulness: the fraction of the prompt's skills that pass, mean over videos."""
 
-    name = "faithfulness"
     group = "extra"
     roles = ("oracle",)
 
@@ -427,7 +434,8 @@ class Faithfulness(Dimension):
 
 
 class GenEvalTask(Dimension):
-    """GenEval-style task on synthetic images (reference §5.3): an image is correct iff all checks pass."""
+    """GenEval-style task on synthetic images (Ghosh et al. 2023, djghosh13/geneval@af4902f): an image of
+    a prompt of one of ``kinds`` is correct iff all ``checks`` pass."""
 
     group = "extra"
     roles = ("oracle",)
@@ -438,63 +446,35 @@ class GenEvalTask(Dimension):
         o = v.oracle()
         if o["kind"] not in self.kinds:
             return None
-        ok = all(o["skills"].get(c, False) for c in self.checks)
-        return {"video_results": ok, "num": float(ok), "den": 1.0}
+        return self._success(all(o["skills"].get(c, False) for c in self.checks))
 
 
-def _geneval(name: str, kinds: tuple[str, ...], checks: tuple[str, ...]) -> type[GenEvalTask]:
-    return type(f"GenEval_{name}", (GenEvalTask,), {"name": name, "kinds": kinds, "checks": checks})
-
-
-GENEVAL_TASKS: dict[str, type[Dimension]] = {
-    c.name: c
-    for c in (
-        _geneval("single_object", ("single",), ("shape",)),
-        _geneval("colors", ("single",), ("color", "shape")),
-        _geneval("counting", ("count",), ("color", "shape", "count")),
-        _geneval("two_object", ("spatial",), ("color", "shape")),
-        _geneval("position", ("spatial",), ("color", "shape", "spatial")),
-    )
+#: GenEval task -> (prompt kinds it applies to, oracle checks that must pass); overall = unweighted mean
+GENEVAL_TASKS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "single_object": (("single",), ("shape",)),
+    "colors": (("single",), ("color", "shape")),
+    "counting": (("count",), ("color", "shape", "count")),
+    "two_object": (("spatial",), ("color", "shape")),
+    "position": (("spatial",), ("color", "shape", "spatial")),
 }
+for _task, (_kinds, _checks) in GENEVAL_TASKS.items():
+    DIMENSIONS.register(_task)(type(f"GenEval_{_task}", (GenEvalTask,), {"kinds": _kinds, "checks": _checks}))
 
 
+@DIMENSIONS.register("hps")
 class PreferenceScore(Dimension):
     """HPSv2-style: cos(image, prompt) of a preference scorer's towers (HPS score/100), mean over frames."""
 
-    name = "hps"
     group = "extra"
     roles = ("preference",)
 
     def measure(self, v: VideoInputs) -> dict[str, Any]:
-        img = F.normalize(v.features("preference", ALL), dim=-1)  # [T, D]
-        txt = F.normalize(v.text_features("preference", [v.prompt]), dim=-1)  # [1, D]
-        return self._mean(float((img @ txt.T).mean()))
-
-
-# ---------------------------------------------------------------------------------------------
-# registry
-
-VBENCH_DIMENSIONS: tuple[type[Dimension], ...] = (
-    SubjectConsistency, BackgroundConsistency, TemporalFlickering, MotionSmoothness, DynamicDegree,
-    AestheticQuality, ImagingQuality, ObjectClass, MultipleObjects, HumanAction, Color,
-    SpatialRelationship, Scene, AppearanceStyle, TemporalStyle, OverallConsistency,
-)
-SYNTH_DIMENSIONS: tuple[type[Dimension], ...] = (
-    Faithfulness, _oracle_skill("motion_direction", "motion"), _oracle_skill("static_scene", "static"),
-    _oracle_skill("color_change", "change"), PreferenceScore, *GENEVAL_TASKS.values(),
-)
-DIMENSIONS: dict[str, type[Dimension]] = {c.name: c for c in (*VBENCH_DIMENSIONS, *SYNTH_DIMENSIONS)}
+        return self._mean(float(_frame_text_cosines(v, "preference", v.prompt).mean()))
 
 
 def get_dimension(name: str) -> Dimension:
-    from mmalign.errors import ConfigError
-
-    if name not in DIMENSIONS:
-        import difflib
-
-        near = difflib.get_close_matches(name, DIMENSIONS, n=3)
-        raise ConfigError(f"unknown dimension {name!r}; nearest: {near}; known: {sorted(DIMENSIONS)}")
-    return DIMENSIONS[name]()
+    """A new instance of the dimension registered as ``name`` (a ConfigError names the nearest)."""
+    return DIMENSIONS.get(name)()
 
 
 def index_from_filename(path: str) -> int:

@@ -1,13 +1,11 @@
 """Pure VBench formulas (Huang et al., "VBench", CVPR 2024; code at Vchitect/VBench ``45e79ec``).
 
 Every function here is a small, side-effect-free piece of math that the dimensions compose and the
-parity tests (reference/benchmarks.md §8) check. Section numbers refer to
-``shared/reference/benchmarks.md``.
+parity tests check. Comments name the upstream file (``vbench/`` of Vchitect/VBench@45e79ec).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,11 +13,11 @@ import torch
 import torch.nn.functional as F
 
 # ---------------------------------------------------------------------------------------------
-# frame sampling (§1.5 "Frame index sampling", §1.6.5 subsampling)
+# frame sampling (vbench/utils.py::get_frame_indices, dynamic_degree.py subsampling)
 
 
 def frame_indices(num_frames: int, vlen: int) -> list[int]:
-    """VBench ``get_frame_indices(num_frames, vlen, sample='middle')`` (§1.5, check B4).
+    """VBench ``utils.py::get_frame_indices(num_frames, vlen, sample='middle')``.
 
     boundaries = int(linspace(0, vlen, min(num_frames, vlen) + 1)); index_k = ⌊(b_k + b_{k+1} − 1)/2⌋;
     padded with the last index up to ``num_frames``.
@@ -35,12 +33,12 @@ def frame_indices(num_frames: int, vlen: int) -> list[int]:
 
 
 def fps_interval(fps: float, target: float = 8.0) -> int:
-    """dynamic_degree subsampling interval ``max(1, round(fps/8))``, banker's rounding (§1.6.5, B5)."""
+    """dynamic_degree subsampling interval ``max(1, round(fps/8))``, banker's rounding (``dynamic_degree.py``)."""
     return max(1, round(fps / target))
 
 
 # ---------------------------------------------------------------------------------------------
-# consistency (§1.6.1, §1.6.2, check B9)
+# consistency (subject_consistency.py, background_consistency.py)
 
 
 def consistency_sum(features: torch.Tensor) -> tuple[float, int]:
@@ -57,11 +55,11 @@ def consistency_sum(features: torch.Tensor) -> tuple[float, int]:
 
 
 # ---------------------------------------------------------------------------------------------
-# pixels (§1.6.3, §1.6.4, check B8)
+# pixels (temporal_flickering.py, motion_smoothness.py)
 
 
 def temporal_flickering(frames: torch.Tensor) -> float:
-    """(255 − mean_t MAE(frame_t, frame_{t+1})) / 255 on uint8 frames ``[F, 3, H, W]`` (§1.6.3).
+    """(255 − mean_t MAE(frame_t, frame_{t+1})) / 255 on uint8 frames ``[F, 3, H, W]``.
 
     VBench reads BGR with OpenCV; the mean absolute difference over all channels does not depend on
     channel order, so RGB gives the same number.
@@ -74,7 +72,7 @@ def temporal_flickering(frames: torch.Tensor) -> float:
 
 
 def motion_smoothness(originals: torch.Tensor, predictions: torch.Tensor) -> float:
-    """(255 − vfi)/255 with vfi = mean_i mean |orig_i − pred_i| on uint8 frames (§1.6.4, B8)."""
+    """(255 − vfi)/255 with vfi = mean_i mean |orig_i − pred_i| on uint8 frames."""
     n = min(originals.shape[0], predictions.shape[0])
     if n == 0:
         return float("nan")
@@ -83,12 +81,12 @@ def motion_smoothness(originals: torch.Tensor, predictions: torch.Tensor) -> flo
 
 
 def to_uint8_truncate(x: torch.Tensor) -> torch.Tensor:
-    """AMT output conversion ``clip(x·255, 0, 255).astype(uint8)``: truncates, does not round (§8.1.7)."""
+    """AMT output conversion ``clip(x·255, 0, 255).astype(uint8)``: truncates, does not round (``motion_smoothness.py``)."""
     return (x * 255.0).clamp(0, 255).to(torch.uint8)
 
 
 # ---------------------------------------------------------------------------------------------
-# optical-flow decisions (§1.6.3 static filter, §1.6.5 dynamic_degree, checks B5–B7)
+# optical-flow decisions (static_filter.py, dynamic_degree.py)
 
 
 def top_fraction_mean(magnitude: torch.Tensor, fraction: float) -> float:
@@ -101,12 +99,12 @@ def top_fraction_mean(magnitude: torch.Tensor, fraction: float) -> float:
 
 
 def dynamic_threshold(height: int, width: int) -> float:
-    """thres = 6·min(H, W)/256 (§1.6.5, B6)."""
+    """thres = 6·min(H, W)/256."""
     return 6.0 * min(height, width) / 256.0
 
 
 def is_dynamic(pair_scores: Sequence[float], height: int, width: int, count: int) -> bool:
-    """Dynamic iff at least round(4·count/16) pair scores exceed 6·min(H,W)/256 (§1.6.5)."""
+    """Dynamic iff at least round(4·count/16) pair scores exceed 6·min(H,W)/256."""
     thres = dynamic_threshold(height, width)
     need = round(4 * count / 16)
     return sum(s > thres for s in pair_scores) >= need
@@ -121,7 +119,7 @@ class StaticDecision:
 
 
 def is_static(consecutive: Sequence[float], wrap: Sequence[float], height: int, width: int, frames: int) -> StaticDecision:
-    """Static filter (§1.6.3, B7): #(consecutive > thres) ≤ count_num and both wraps ≤ thres·count_num·2.
+    """Static filter (``static_filter.py``): #(consecutive > thres) ≤ count_num and both wraps ≤ thres·count_num·2.
 
     thres = 3·min(H, W)/256, count_num = round(2·F/16) (banker's rounding).
     """
@@ -133,7 +131,7 @@ def is_static(consecutive: Sequence[float], wrap: Sequence[float], height: int, 
 
 
 # ---------------------------------------------------------------------------------------------
-# detector dimensions (§1.6.8–§1.6.12)
+# detector dimensions (object_class.py … scene.py)
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -150,7 +148,7 @@ VERTICAL = ("on the top of", "on the bottom of")
 
 
 def spatial_pair_score(a: Sequence[float], b: Sequence[float], relationship: str) -> float:
-    """VBench spatial_relationship pair score (§1.6.11). The sign of the direction is *not* checked.
+    """VBench ``spatial_relationship.py`` pair score. The sign of the direction is *not* checked.
 
     Horizontal relations: 1 if |dx| > |dy| and IoU < 0.1, 0.1/IoU if |dx| > |dy| and IoU ≥ 0.1, else 0;
     vertical relations the same with |dy| > |dx|.
@@ -180,11 +178,3 @@ def color_object_key(prompt: str, color: str) -> str:
 def scene_frame_success(caption: str, scene: str) -> bool:
     """A scene frame succeeds iff every whitespace token of the label is a substring of the caption."""
     return all(tok in caption for tok in scene.split())
-
-
-# ---------------------------------------------------------------------------------------------
-# banker's rounding helper used in reports
-
-
-def is_finite(x: float | None) -> bool:
-    return x is not None and isinstance(x, (int, float)) and math.isfinite(x)

@@ -1,9 +1,9 @@
 """Scores and reports: VBench-compatible results JSON, normalised scores, Quality/Semantic/Total,
 radar and bar charts (matplotlib Agg, PNG), a self-contained HTML report and a leaderboard.
 
-Normalisation and weights: VBench ``scripts/constant.py`` / ``cal_final_score.py``
-(reference/benchmarks.md §1.7): normalized = (raw − Min)/(Max − Min)·weight; Quality = Σ/6.5;
-Semantic = Σ/9; Total = (4·Quality + 1·Semantic)/5; a missing dimension counts as raw 0 (B1, B2).
+Normalisation and weights: Vchitect/VBench@45e79ec ``scripts/constant.py`` / ``scripts/cal_final_score.py``:
+normalized = (raw − Min)/(Max − Min)·weight; Quality = Σ/6.5; Semantic = Σ/9;
+Total = (4·Quality + 1·Semantic)/5; a missing dimension counts as raw 0.
 Reports also give the scores over the *present* dimensions only (each sum divided by the weights
 present), clearly named ``*_present``, because the synth suites do not cover all 16 dimensions.
 """
@@ -20,12 +20,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mmalign.bench.dimensions import DIMENSIONS, GENEVAL_TASKS
+from mmalign.bench.dimensions import DIMENSIONS, GENEVAL_TASKS, get_dimension
 from mmalign.bench.runner import RunResult, decode
 from mmalign.errors import InputError
 from mmalign.fileio import atomic_write, atomic_write_json
 
-#: dimension -> (Min, Max, weight, group)   (§1.7)
+#: dimension -> (Min, Max, weight, group)   (scripts/constant.py)
 NORMALIZATION: dict[str, tuple[float, float, float, str]] = {
     "subject_consistency": (0.1462, 1.0, 1.0, "quality"),
     "background_consistency": (0.2615, 1.0, 1.0, "quality"),
@@ -48,7 +48,7 @@ QUALITY_WEIGHT, SEMANTIC_WEIGHT = 4.0, 1.0
 
 
 def normalize(dimension: str, raw: float) -> float:
-    """(raw − Min)/(Max − Min)·weight (§1.7)."""
+    """(raw − Min)/(Max − Min)·weight."""
     lo, hi, w, _ = NORMALIZATION[dimension]
     return (raw - lo) / (hi - lo) * w
 
@@ -107,12 +107,12 @@ def aggregate(run: RunResult) -> dict[str, float | None]:
             out[dim] = None
             continue
         recs = [rec["dims"][dim] for rec in run.records if rec["dims"].get(dim) is not None]
-        out[dim] = DIMENSIONS[dim]().aggregate(recs) if recs else None
+        out[dim] = get_dimension(dim).aggregate(recs) if recs else None
     return out
 
 
 def vbench_eval_results(run: RunResult, raw: dict[str, float | None]) -> dict[str, Any]:
-    """VBench ``{name}_eval_results.json``: ``{dim: [aggregate, [{video_path, video_results, ...}]]}`` (§1.2)."""
+    """VBench ``{name}_eval_results.json``: ``{dim: [aggregate, [{video_path, video_results, ...}]]}`` (``vbench/__init__.py::evaluate``)."""
     return {d: [raw[d], _per_video(run, d)] for d in run.dimensions if raw.get(d) is not None}
 
 
@@ -121,7 +121,7 @@ def build_results(run: RunResult) -> dict[str, Any]:
     scores = vbench_scores(raw)
     dims = {}
     for d in run.dimensions:
-        cls = DIMENSIONS[d]
+        cls = DIMENSIONS.get(d)
         role = (cls.roles or cls.optional_roles or (None,))[0]
         info = run.backbones.get(role, {}) if role else {}
         n = sum(1 for rec in run.records if rec["dims"].get(d) is not None)
@@ -139,7 +139,7 @@ def build_results(run: RunResult) -> dict[str, Any]:
     # VBench's Quality/Semantic/Total only mean something when the run has VBench dimensions
     summary = {k: v for k, v in scores.items() if k != "normalized"} if any(d in NORMALIZATION for d in run.dimensions) else {}
     if geneval:
-        summary["geneval_overall"] = sum(geneval) / len(geneval)  # unweighted mean of task accuracies (B18)
+        summary["geneval_overall"] = sum(geneval) / len(geneval)  # unweighted mean of task accuracies, as GenEval's overall
     return {
         "suite": run.suite.name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

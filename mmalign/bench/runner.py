@@ -30,7 +30,6 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from mmalign.bench import synthworld  # noqa: F401  (registers the synth backbones)
 from mmalign.bench.backbones import (
     Backbone,
     BackboneMissing,

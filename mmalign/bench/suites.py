@@ -1,14 +1,16 @@
 """Benchmark suites: prompts per dimension + sampling settings + naming scheme + backbones.
 
-A suite lives in ``assets/suites/<name>/suite.yaml`` and points at a prompt file in VBench's
-``full_info`` layout (a list of ``{"prompt_en", "dimension": [...], "auxiliary_info": {dim: {...}}}``).
+A suite is a :class:`SuiteCard` in ``assets/suites/<name>/suite.yaml`` (or any folder holding a
+``suite.yaml``), loaded by the one card loader, and a prompt file in VBench's ``full_info`` layout (a
+list of ``{"prompt_en", "dimension": [...], "auxiliary_info": {dim: {...}}}``). A suite may name a
+``plugin`` module that registers the backbones it uses (how the synthetic world plugs in).
 
-* ``vbench-standard`` — VBench's 946 entries (944 unique prompts; reference §1.3), shipped with
-  its Apache-2.0 license. Files are ``{prompt}-{i}{postfix}`` with i = 0..4 (25 for
+* ``vbench-standard`` — VBench's 946 entries (944 unique prompts; Vchitect/VBench
+  ``vbench/VBench_full_info.json`` @ 45e79ec), shipped with its Apache-2.0 license. Files are ``{prompt}-{i}{postfix}`` with i = 0..4 (25 for
   temporal_flickering, whose static filter keeps the first 5 static ones); the postfix (``.mp4``)
   is taken from the first file of the folder, as VBench does; missing files are reported, not fatal.
-* ``synth-video`` — prompts of :mod:`mmalign.synth.prompts` for motion / static / change / colour /
-  shape dimensions; semantic dimensions answered by the exact oracle, so it runs on CPU.
+* ``synth-video`` — synthetic-world prompts for motion / static / change / colour / shape
+  dimensions; semantic dimensions answered by the exact oracle, so it runs on CPU.
 * ``synth-image`` — GenEval-style tasks and an HPSv2-style preference score on synthetic images.
 """
 
@@ -18,17 +20,37 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import yaml
+from pydantic import Field, model_validator
 
+from mmalign.cards import Card, list_cards, load_card
 from mmalign.errors import ConfigError, InputError
-from mmalign.paths import asset_path
+from mmalign.media import IMAGE_EXTS, VIDEO_EXTS
+from mmalign.registry import import_plugin
 
-SUITE_KEYS = {"name", "description", "modality", "prompts", "naming", "samples_per_prompt", "samples_per_dimension",
-              "dimensions", "backbones", "generation", "license"}
-VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp")
+
+class SuiteCard(Card):
+    """``suite.yaml``: what a suite measures and how its files are named."""
+
+    name: str = Field(description="Suite name (the folder name of a shipped suite)")
+    description: str = Field("", description="One line shown in reports")
+    modality: Literal["image", "video"] = Field("video", description="What the suite's files hold")
+    prompts: str = Field(description="Prompt file next to suite.yaml, in VBench's full_info layout")
+    naming: str = Field("{prompt}-{index}", description="File name of sample i of a prompt (VBench: '{prompt}-{index}')")
+    samples_per_prompt: int = Field(5, gt=0, description="Files per prompt")
+    samples_per_dimension: dict[str, int] = Field(default_factory=dict, description="Files per prompt of entries of these dimensions")
+    dimensions: list[str] = Field(description="Dimensions measured (registered names)")
+    backbones: dict[str, list[str]] = Field(default_factory=dict, description="role -> backbones in order of preference; the first that loads is used")
+    generation: dict[str, Any] = Field(default_factory=dict, description="Sampling settings a generator should use (informational)")
+    license: str | None = Field(None, description="License of the prompt file")
+    plugin: str | None = Field(None, description="Module imported before the suite's backbones are looked up (it registers them)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SuiteCard":
+        if "{prompt}" not in self.naming or "{index}" not in self.naming:
+            raise ConfigError(f"naming {self.naming!r} must contain {{prompt}} and {{index}}")
+        return self
 
 
 @dataclass(frozen=True)
@@ -110,99 +132,39 @@ class Suite:
 
 def _read_entries(path: Path) -> list[Entry]:
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
-        raise ConfigError(f"cannot read prompt file {path}: {err}") from err
+        raise ConfigError(f"{path}: cannot read the suite's prompt file ({err})") from err
+    if not isinstance(raw, list):
+        raise ConfigError(f"{path}: expected a list of entries (VBench full_info layout)")
     entries = []
     for i, e in enumerate(raw):
-        if "prompt_en" not in e or "dimension" not in e:
+        if not isinstance(e, dict) or "prompt_en" not in e or "dimension" not in e:
             raise ConfigError(f"{path}[{i}]: needs 'prompt_en' and 'dimension' (VBench full_info layout)")
         entries.append(Entry(e["prompt_en"], tuple(e["dimension"]), dict(e.get("auxiliary_info", {}))))
     return entries
 
 
-def _suite_files() -> dict[str, Path]:
-    root = asset_path("suites")
-    out = {}
-    for f in sorted(root.glob("*/suite.yaml")) if root.is_dir() else []:
-        out[(yaml.safe_load(f.read_text()) or {}).get("name", f.parent.name)] = f
-    return out
-
-
 def list_suites() -> list[str]:
-    return sorted(_suite_files())
+    """Names of the shipped suites (folders of ``assets/suites`` holding a ``suite.yaml``)."""
+    return list_cards("suites")
 
 
 def load_suite(name_or_path: str | os.PathLike) -> Suite:
-    """Load a suite by name (``vbench-standard``, ``synth-video``, ``synth-image``) or from a suite.yaml path."""
-    p = Path(name_or_path)
-    if not p.exists():
-        files = _suite_files()
-        p = files.get(str(name_or_path), Path("/nonexistent"))
-        if not p.is_file():
-            import difflib
-
-            near = difflib.get_close_matches(str(name_or_path), list_suites(), n=3)
-            raise ConfigError(f"unknown suite {name_or_path!r}; nearest: {near}; available: {list_suites()}")
-    if p.is_dir():
-        p = p / "suite.yaml"
-    cfg = yaml.safe_load(p.read_text()) or {}
-    unknown = set(cfg) - SUITE_KEYS
-    if unknown:
-        import difflib
-
-        bad = min(unknown)
-        raise ConfigError(f"{p}: unknown key {bad!r}; nearest: {difflib.get_close_matches(bad, SUITE_KEYS, n=1)}")
+    """Load a suite by name (``vbench-standard``, ``synth-video``, ``synth-image``), folder or ``suite.yaml`` path."""
     from mmalign.bench.dimensions import DIMENSIONS
 
-    dims = list(cfg.get("dimensions", []))
-    for d in dims:
+    card = load_card(name_or_path, SuiteCard, kind="suites")
+    where = str(card.source)
+    if card.plugin is not None:
+        import_plugin(card.plugin, where)
+    for d in card.dimensions:
         if d not in DIMENSIONS:
-            raise ConfigError(f"{p}: dimensions: unknown dimension {d!r}; known: {sorted(DIMENSIONS)}")
-    entries = _read_entries(p.parent / cfg["prompts"])
+            raise ConfigError(f"{where}: dimensions: unknown dimension {d!r}; known: {', '.join(DIMENSIONS.names())}")
+    root = card.source.parent
     return Suite(
-        name=cfg["name"], modality=cfg.get("modality", "video"), entries=entries, dimensions=dims,
-        backbones={k: list(v) for k, v in cfg.get("backbones", {}).items()}, naming=cfg.get("naming", "{prompt}-{index}"),
-        samples_per_prompt=int(cfg.get("samples_per_prompt", 5)),
-        samples_per_dimension=dict(cfg.get("samples_per_dimension", {})), generation=dict(cfg.get("generation", {})),
-        description=cfg.get("description", ""), root=p.parent,
+        name=card.name, modality=card.modality, entries=_read_entries(root / card.prompts), dimensions=list(card.dimensions),
+        backbones={k: list(v) for k, v in card.backbones.items()}, naming=card.naming,
+        samples_per_prompt=card.samples_per_prompt, samples_per_dimension=dict(card.samples_per_dimension),
+        generation=dict(card.generation), description=card.description, root=root,
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# synthetic suites (regenerate the shipped prompt files with `build_synth_entries`)
-
-
-def build_synth_entries(modality: str) -> list[dict[str, Any]]:
-    """Prompt entries of the synth suites, in the full_info layout, from :mod:`mmalign.synth.prompts`."""
-    from mmalign.synth.prompts import COLORS, DIRECTIONS, SHAPES, all_prompts
-
-    out: list[dict[str, Any]] = []
-    if modality == "video":
-        colors, shapes = list(COLORS)[:3], list(SHAPES)
-        for c, s, d in zip(colors * 4, shapes * 4, list(DIRECTIONS) * 3):
-            out.append({"prompt_en": f"a {c} {s} moving {d}", "dimension": [
-                "subject_consistency", "background_consistency", "motion_smoothness", "dynamic_degree",
-                "motion_direction", "faithfulness"]})
-        for c, s in zip(list(COLORS), shapes * 2):
-            out.append({"prompt_en": f"a static {c} {s}", "dimension": [
-                "temporal_flickering", "static_scene", "aesthetic_quality", "imaging_quality", "faithfulness"]})
-        for c1, c2, s in [("red", "blue", "circle"), ("green", "yellow", "square"), ("blue", "purple", "triangle")]:
-            out.append({"prompt_en": f"a {c1} {s} turning {c2}", "dimension": ["color_change", "faithfulness", "overall_consistency"]})
-        for c, s in zip(list(COLORS), shapes * 2):
-            out.append({"prompt_en": f"a {c} {s}", "dimension": ["object_class", "color"], "auxiliary_info": {
-                "object_class": {"object": s}, "color": {"color": c}}})
-        return out
-    if modality == "image":
-        prompts = all_prompts("image")
-        from mmalign.synth.prompts import parse_prompt
-
-        by_kind: dict[str, list[str]] = {}
-        for p in prompts:
-            by_kind.setdefault(parse_prompt(p).kind, []).append(p)
-        task = {"single": ["single_object", "colors"], "count": ["counting"], "spatial": ["two_object", "position"]}
-        for kind, ps in by_kind.items():
-            for p in ps[:: max(1, len(ps) // 8)][:8]:
-                out.append({"prompt_en": p, "dimension": [*task[kind], "faithfulness", "hps"]})
-        return out
-    raise InputError(f"no synth suite for modality {modality!r}")

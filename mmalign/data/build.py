@@ -1,18 +1,21 @@
 """Build preference data from a generator and scorers: sample k per prompt, score, write pairs and rankings.
 
 Outputs (a folder): ``media/`` (one file per sample), ``rankings.jsonl`` (every prompt's k items with
-their win rates ψ), ``pairs.jsonl`` (one pair per prompt) and ``meta.json``; both manifests are read
-by :func:`mmalign.data.pairs.read_manifest`.
+their win rates ψ as ``scores``, and each scorer's raw scores under ``raw``), ``pairs.jsonl`` (at most
+one pair per prompt) and ``meta.json``; both manifests follow the schemas of :mod:`mmalign.data.pairs`
+and are read by :func:`mmalign.data.pairs.read_preferences`.
 
-* **Rankings** — RankDPO's Syn-Pic (Karthik et al. 2024, Algorithm 1; ``training.md`` §2): for each
-  scorer v and ordered pair (i, j), i gets a point if R_v(x_i) > R_v(x_j); ψ_i = C_i / (n·(k − 1)),
-  a win rate over all scorers and opponents (raw scores are never averaged across scorers).
+* **Rankings** — RankDPO's Syn-Pic (Karthik et al. 2024, "Scalable Ranked Preference Optimization for
+  Text-to-Image Generation", Algorithm 1): for each scorer v and ordered pair (i, j), i gets a point
+  if R_v(x_i) > R_v(x_j); ψ_i = C_i / (n·(k − 1)), a win rate over all scorers and opponents (raw
+  scores are never averaged across scorers).
 * **Pairs**, ``mode="best-worst"``: highest-ψ vs lowest-ψ item; equal ψ is a tie (label 0.5).
-* **Pairs**, ``mode="unifiedreward"``: UnifiedReward's DPO sifting (``scorers.md`` §6.3): pair ranking
-  of items (2j, 2j+1) with ``compare`` (mean P(a ≻ b) over scorers; an exact 0.5 is a tie and the
-  pair is skipped instead of defaulting to the first image), then point sifting: the best chosen
-  item vs the worst rejected item by ψ (= the pointwise score order for one scorer), kept only
-  if the chosen one scores strictly higher (numerically, not as strings).
+* **Pairs**, ``mode="unifiedreward"``: UnifiedReward's DPO data sifting (Wang et al. 2025, "Unified
+  Reward Model for Multimodal Understanding and Generation", preference data construction): pair
+  ranking of items (2j, 2j+1) with ``compare`` (mean P(a ≻ b) over scorers; an exact 0.5 is a tie
+  and the pair is skipped instead of defaulting to the first image), then point sifting: the best
+  chosen item vs the worst rejected item by ψ (= the pointwise score order for one scorer), kept
+  only if the chosen one scores strictly higher (numerically, not as strings).
 """
 
 from __future__ import annotations
@@ -79,24 +82,6 @@ def unifiedreward_sift(psi: torch.Tensor, pair_prob: torch.Tensor) -> list[tuple
     return out
 
 
-def read_prompts(source: str | Path, n: int | None, seed: int, modality: str) -> list[str]:
-    """Prompts from a file (one per line) or ``synth:train`` / ``synth:heldout`` (synthetic-world grammar)."""
-    s = str(source)
-    if s.startswith("synth:"):
-        from mmalign.synth.prompts import sample_prompts
-
-        split = s.split(":", 1)[1] or "train"
-        return sample_prompts(modality, n or 64, seed=seed, split=split)
-    path = Path(s)
-    if not path.is_file():
-        raise InputError(f"--prompts {path}: no such file; give a text file with one prompt per line or 'synth:train'")
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not prompts:
-        raise InputError(f"{path}: no prompts in the file")
-    return prompts[:n] if n else prompts
-
-
-
 def build_preferences(generator: Any, scorers: Sequence[Any], prompts: Sequence[str], out: str | Path, k: int = 4,
                       seed: int = 0, mode: str = "best-worst", batch_size: int = 8, progress: bool = True,
                       sample_kwargs: dict[str, Any] | None = None) -> BuildResult:
@@ -127,8 +112,7 @@ def build_preferences(generator: Any, scorers: Sequence[Any], prompts: Sequence[
         probs = torch.stack([s.compare(media[a_idx.tolist()], media[(a_idx + 1).tolist()],
                                        [flat_prompts[i] for i in a_idx.tolist()]).float().cpu() for s in scorers]).mean(0)
         picks = unifiedreward_sift(psi, probs.view(len(prompts), k // 2))
-    pairs = [{"prompt": p, "chosen": rel[i * k + pick[0]], "rejected": rel[i * k + pick[1]], "label": pick[2],
-              "scores": [psi[i, pick[0]].item(), psi[i, pick[1]].item()]}
+    pairs = [{"prompt": p, "chosen": rel[i * k + pick[0]], "rejected": rel[i * k + pick[1]], "label": pick[2]}
              for i, (p, pick) in enumerate(zip(prompts, picks)) if pick is not None]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_jsonl(out / "rankings.jsonl", rankings)
@@ -140,4 +124,4 @@ def build_preferences(generator: Any, scorers: Sequence[Any], prompts: Sequence[
     return BuildResult(out, out / "pairs.jsonl", out / "rankings.jsonl", len(prompts), len(pairs), meta["ties"])
 
 
-__all__ = ["build_preferences", "win_rates", "best_worst", "unifiedreward_sift", "read_prompts", "BuildResult", "MODES"]
+__all__ = ["build_preferences", "win_rates", "best_worst", "unifiedreward_sift", "BuildResult", "MODES"]

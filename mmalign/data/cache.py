@@ -1,11 +1,16 @@
 """Latents and text conditioning of a preference dataset, encoded once and stored on disk.
 
-The diffusers DPO scripts run the VAE and both text encoders on every step (``training.md`` §1.2);
-here each unique media file and each unique prompt is encoded once per (dataset, generator) with
-the adapter's ``encode_media`` / ``encode_prompts``, stored as one safetensors file under
-``cache_dir/<sha256 key>.safetensors`` and reused by later runs. After that the trainer can release
-the VAE and text encoders. The latents are whatever ``encode_media`` returns, fixed once (a VAE that
-samples from its posterior is sampled once, not every step).
+The diffusers DPO scripts run the VAE and both text encoders on every step
+(``examples/research_projects/diffusion_dpo/train_diffusion_dpo_sdxl.py`` @ 58eb52c0); here each
+unique media file and each unique prompt is encoded once with the adapter's ``encode_media`` /
+``encode_prompts``, stored as one safetensors file under ``cache_dir/<sha256 key>.safetensors`` and
+reused by later runs. The key covers the data (prompts, media identities, labels, resolution), the
+adapter class and a fingerprint of the encoders' weights and configs
+(:func:`encoder_fingerprint`), so a retrained VAE or text encoder never reuses old latents. After
+that the trainer can release the VAE and text encoders. The latents are whatever ``encode_media``
+returns, fixed once: encoding runs under a fixed seed (a VAE that samples its posterior is sampled
+once, the same way every time), and a run gets the same tensors (values and memory layout) whether
+it built the cache or read it.
 """
 
 from __future__ import annotations
@@ -25,8 +30,11 @@ from mmalign.errors import InputError
 from mmalign.fileio import atomic_write
 from mmalign.generators.base import DiffusionAdapter
 from mmalign.media import Media
+from mmalign.rng import owned_rng
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+#: the seed encoding runs under (the cache does not depend on a run's seed)
+ENCODE_SEED = 0
 
 
 @dataclass
@@ -69,15 +77,29 @@ class EncodedData:
         return cls(kind, tensors["latents"], cond, tensors["items"], tensors["prompts"], tensors["scores"], path)
 
 
+def encoder_fingerprint(adapter: DiffusionAdapter) -> str:
+    """sha256 over every encoder of ``adapter`` (:meth:`DiffusionAdapter.encoders`): class, config and weights."""
+    h = hashlib.sha256()
+    for name, module in sorted(adapter.encoders().items()):
+        config = getattr(module, "config", None)
+        config = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
+        h.update(json.dumps([name, type(module).__qualname__, config], sort_keys=True, default=str).encode())
+        for key, tensor in module.state_dict().items():
+            flat = tensor.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+            h.update(memoryview(flat.view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
 def cache_key(dataset: PairDataset | RankingDataset, generator_id: str, adapter: DiffusionAdapter) -> str:
-    """sha256 of (dataset fingerprint, generator id, adapter class, cache format version)."""
+    """sha256 of (dataset fingerprint, generator id, adapter class, encoder fingerprint, cache format version)."""
     spec = {"data": dataset.fingerprint(), "generator": generator_id, "adapter": type(adapter).__qualname__,
-            "version": CACHE_VERSION}
+            "encoders": encoder_fingerprint(adapter), "version": CACHE_VERSION}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
 def _to_cpu(x: torch.Tensor) -> torch.Tensor:
-    return x.detach().to("cpu", torch.float32 if x.is_floating_point() else x.dtype)
+    return x.detach().to("cpu", torch.float32 if x.is_floating_point() else x.dtype).contiguous()
 
 
 def _encode_media(dataset, adapter: DiffusionAdapter, refs: Sequence, batch_size: int, progress: bool) -> torch.Tensor:
@@ -140,8 +162,9 @@ def encode_dataset(
     unique_prompts = list(dict.fromkeys(p for p, _, _ in records))
     prompt_index = {p: i for i, p in enumerate(unique_prompts)}
 
-    latents = _encode_media(dataset, adapter, refs, batch_size, progress)
-    cond = _encode_prompts(adapter, unique_prompts + [""], batch_size)
+    with owned_rng(ENCODE_SEED, getattr(adapter, "device", None)):
+        latents = _encode_media(dataset, adapter, refs, batch_size, progress)
+        cond = _encode_prompts(adapter, unique_prompts + [""], batch_size)
     data = EncodedData(
         kind,
         latents,
@@ -157,4 +180,4 @@ def encode_dataset(
     return data
 
 
-__all__ = ["EncodedData", "encode_dataset", "cache_key", "CACHE_VERSION"]
+__all__ = ["EncodedData", "encode_dataset", "cache_key", "encoder_fingerprint", "CACHE_VERSION"]

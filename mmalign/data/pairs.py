@@ -2,41 +2,45 @@
 
 Readers:
 
+The two schemas (one direction: higher = better), written by ``mmalign pairs`` and read unchanged by
+``mmalign train`` and ``mmalign train-scorer``:
+
+* a **pair** ``{"prompt", "chosen", "rejected", "label"?}``: ``label`` = P(chosen ≻ rejected) ∈ {1, 0.5, 0}
+  (0.5 = tie; default 1);
+* a **ranking** ``{"prompt", "items": [...], "scores": [...]}``: k ≥ 2 items, higher score = better
+  (e.g. Syn-Pic win rates).
+
+Readers:
+
 * :func:`read_pickapic` — Pick-a-Pic-style parquet (``jpg_0, jpg_1, label_0, caption``; image bytes).
-  ``label_0`` ∈ {1, 0, 0.5}; the winner is put first; ties (0.5) are dropped (``ties="drop"``, the
-  official Diffusion-DPO ``train.py`` L855–863) or kept with label 0.5 (``ties="keep"``) — never
-  silently counted as a win of ``jpg_0`` as the diffusers loader does (``training.md`` §1.3, P6).
-* :func:`read_manifest` — a JSONL manifest of media files (image, video or audio; paths relative to
-  the manifest). One record per line, either a pair
-  ``{"prompt", "chosen", "rejected", "label"?}`` (label P(chosen ≻ rejected), default 1) or a ranking
-  ``{"prompt", "items": [...], "scores": [...]}`` (higher score = better, e.g. Syn-Pic win rates).
+  ``label_0`` ∈ {1, 0, 0.5}; the winner is put first; ties (0.5) are dropped (``ties="drop"``, as
+  the official Diffusion-DPO ``train.py`` L855–863 does) or kept with label 0.5 (``ties="keep"``) —
+  never silently counted as a win of ``jpg_0``, as the diffusers Diffusion-DPO example loader does.
+* :func:`read_manifest` — a JSONL manifest of pairs or of rankings (not both) of media files
+  (image, video or audio; paths relative to the manifest), one record per line.
 * :func:`read_preferences` — either, by file suffix.
 
 A media reference is a path or encoded image bytes; :meth:`PairDataset.load` decodes it into a
-one-item media batch, resized and centre-cropped to ``resolution`` for images and videos.
+one-item media batch (:func:`mmalign.media.load_media` / :func:`mmalign.media.decode_image_bytes`),
+resized and centre-cropped to ``resolution`` for images and videos.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Generic, Iterable, Iterator, Sequence, TypeVar
 
-import torch
 import torch.nn.functional as F
 
 from mmalign.errors import InputError
-from mmalign.media import ImageBatch, Media, VideoBatch
+from mmalign.media import ImageBatch, Media, VideoBatch, decode_image_bytes, load_media, modality_of
 
 MediaRef = str | bytes
 TIES = ("drop", "keep")
-IMAGE_EXT = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
-VIDEO_EXT = {".mp4", ".webm", ".avi", ".mov", ".mkv", ".gif"}
-AUDIO_EXT = {".wav", ".flac", ".mp3", ".ogg"}
 PICKAPIC_COLUMNS = ("jpg_0", "jpg_1", "label_0", "caption")
 
 
@@ -57,29 +61,6 @@ class Ranking:
     prompt: str
     items: tuple[MediaRef, ...]
     scores: tuple[float, ...]
-
-
-def modality_of(ref: MediaRef) -> str:
-    """``"image" | "video" | "audio"`` of a media reference, from its file suffix (bytes are images)."""
-    if isinstance(ref, bytes):
-        return "image"
-    ext = Path(ref).suffix.lower()
-    for modality, exts in (("image", IMAGE_EXT), ("video", VIDEO_EXT), ("audio", AUDIO_EXT)):
-        if ext in exts:
-            return modality
-    raise InputError(f"{ref}: unknown media suffix {ext!r}; use one of {sorted(IMAGE_EXT | VIDEO_EXT | AUDIO_EXT)}")
-
-
-def decode_image_bytes(data: bytes, where: str = "image bytes") -> ImageBatch:
-    """Decode encoded image bytes (PNG, JPEG, ...) into a one-item :class:`ImageBatch` in [0, 1]."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        img = Image.open(io.BytesIO(data)).convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise InputError(f"{where}: cannot decode image ({e}); the row's bytes are corrupt or not an image") from e
-    pixels = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).reshape(img.height, img.width, 3)
-    return ImageBatch(pixels.permute(2, 0, 1).unsqueeze(0).float() / 255.0)
 
 
 def fit_resolution(media: Media, resolution: int | None) -> Media:
@@ -106,11 +87,23 @@ def fit_resolution(media: Media, resolution: int | None) -> Media:
     return ImageBatch(out, prompts=media.prompts, metadata=media.metadata)
 
 
-class _Dataset:
-    """Shared loading and fingerprinting of media references relative to ``root``."""
+T = TypeVar("T", Pair, Ranking)
 
-    def __init__(self, root: Path | None, source: str, resolution: int | None) -> None:
-        self.root, self.source, self.resolution = root, source, resolution
+
+class _Dataset(Generic[T]):
+    """A list of pairs or rankings whose media references are loaded and fingerprinted relative to ``root``."""
+
+    def __init__(self, entries: Sequence[T], root: Path | None, source: str, resolution: int | None) -> None:
+        self.entries, self.root, self.source, self.resolution = list(entries), root, source, resolution
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, i: int) -> T:
+        return self.entries[i]
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self.entries)
 
     def resolve(self, ref: MediaRef) -> MediaRef:
         if isinstance(ref, bytes) or self.root is None or os.path.isabs(ref):
@@ -122,11 +115,9 @@ class _Dataset:
         ref = self.resolve(ref)
         if isinstance(ref, bytes):
             media = decode_image_bytes(ref, where=self.source)
+        elif not os.path.exists(ref):
+            raise InputError(f"{self.source}: media file {ref} does not exist; fix the manifest path")
         else:
-            if not os.path.exists(ref):
-                raise InputError(f"{self.source}: media file {ref} does not exist; fix the manifest path")
-            from mmalign.media import load_media  # the foundation's decoders (Pillow, PyAV, soundfile)
-
             media = load_media(ref)
         return fit_resolution(media, self.resolution)
 
@@ -139,7 +130,12 @@ class _Dataset:
         return f"file:{os.path.abspath(ref)}:{st.st_size}:{st.st_mtime_ns}"
 
     def _records(self) -> Iterable[tuple[str, Sequence[MediaRef], Sequence[float]]]:
-        raise NotImplementedError
+        """(prompt, media references, scores) per entry; a pair's scores are (label, 1 − label)."""
+        for e in self.entries:
+            if isinstance(e, Pair):
+                yield e.prompt, (e.chosen, e.rejected), (e.label, 1.0 - e.label)
+            else:
+                yield e.prompt, e.items, e.scores
 
     def fingerprint(self) -> str:
         """sha256 over prompts, media identities, labels/scores and resolution: the cache key's data part."""
@@ -150,61 +146,37 @@ class _Dataset:
 
     @property
     def modality(self) -> str:
+        """``"image" | "video" | "audio"`` of the first entry's first item (bytes are images)."""
         for _, refs, _ in self._records():
-            return modality_of(self.resolve(refs[0]))
+            ref = self.resolve(refs[0])
+            return "image" if isinstance(ref, bytes) else modality_of(ref)
         raise InputError(f"{self.source}: the dataset is empty")
 
 
-class PairDataset(_Dataset):
+class PairDataset(_Dataset[Pair]):
     """A list of :class:`Pair` (winner first) with media loading relative to ``root``."""
 
     def __init__(self, pairs: Sequence[Pair], root: Path | None = None, source: str = "<memory>",
                  resolution: int | None = None, dropped_ties: int = 0) -> None:
-        super().__init__(root, source, resolution)
-        self.pairs = list(pairs)
+        super().__init__(pairs, root, source, resolution)
         self.dropped_ties = dropped_ties
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, i: int) -> Pair:
-        return self.pairs[i]
-
-    def __iter__(self) -> Iterator[Pair]:
-        return iter(self.pairs)
-
-    def _records(self):
-        return ((p.prompt, (p.chosen, p.rejected), (p.label, 1.0 - p.label)) for p in self.pairs)
 
     def as_rankings(self) -> "RankingDataset":
         """Each pair as a k = 2 ranking with scores (label, 1 − label): a tie gives no ranked pair."""
-        rankings = [Ranking(p.prompt, (p.chosen, p.rejected), (p.label, 1.0 - p.label)) for p in self.pairs]
+        rankings = [Ranking(prompt, tuple(refs), tuple(scores)) for prompt, refs, scores in self._records()]
         return RankingDataset(rankings, self.root, self.source, self.resolution)
 
 
-class RankingDataset(_Dataset):
+class RankingDataset(_Dataset[Ranking]):
     """A list of :class:`Ranking` (all with the same k) with media loading relative to ``root``."""
 
     def __init__(self, rankings: Sequence[Ranking], root: Path | None = None, source: str = "<memory>",
                  resolution: int | None = None) -> None:
-        super().__init__(root, source, resolution)
-        self.rankings = list(rankings)
-        ks = {len(r.items) for r in self.rankings}
+        super().__init__(rankings, root, source, resolution)
+        ks = {len(r.items) for r in self.entries}
         if len(ks) > 1:
             raise InputError(f"{source}: rankings have different numbers of items {sorted(ks)}; use one k per file")
         self.k = ks.pop() if ks else 0
-
-    def __len__(self) -> int:
-        return len(self.rankings)
-
-    def __getitem__(self, i: int) -> Ranking:
-        return self.rankings[i]
-
-    def __iter__(self) -> Iterator[Ranking]:
-        return iter(self.rankings)
-
-    def _records(self):
-        return ((r.prompt, r.items, r.scores) for r in self.rankings)
 
     def to_pairs(self, mode: str = "best-worst", ties: str = "drop") -> PairDataset:
         """Pairs from rankings: ``"best-worst"`` (one per ranking) or ``"all"`` (every ordered pair).
@@ -212,16 +184,16 @@ class RankingDataset(_Dataset):
         Equal scores make a tie (label 0.5), dropped or kept per ``ties``.
         """
         _check_ties(ties, self.source)
+        if mode not in ("best-worst", "all"):
+            raise InputError(f"{self.source}: ranking-to-pairs mode must be 'best-worst' or 'all', got {mode!r}")
         pairs: list[Pair] = []
         dropped = 0
-        for r in self.rankings:
+        for r in self.entries:
             order = sorted(range(len(r.items)), key=lambda i: -r.scores[i])
             if mode == "best-worst":
                 candidates = [(order[0], order[-1])]
-            elif mode == "all":
-                candidates = [(order[a], order[b]) for a in range(len(order)) for b in range(a + 1, len(order))]
             else:
-                raise InputError(f"to_pairs: mode must be 'best-worst' or 'all', got {mode!r}")
+                candidates = [(order[a], order[b]) for a in range(len(order)) for b in range(a + 1, len(order))]
             for i, j in candidates:
                 tie = r.scores[i] == r.scores[j]
                 if tie and ties == "drop":
@@ -234,6 +206,13 @@ class RankingDataset(_Dataset):
 def _check_ties(ties: str, where: str) -> None:
     if ties not in TIES:
         raise InputError(f"{where}: ties must be one of {TIES}, got {ties!r}")
+
+
+def _number(value: Any, where: str, what: str) -> float:
+    """``value`` as a float; an InputError naming ``where`` and ``what`` for anything but a real number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{where}: {what} must be a number, got {value!r}")
+    return float(value)
 
 
 def _oriented(prompt: str, a: MediaRef, b: MediaRef, label: float, ties: str, where: str) -> Pair | None:
@@ -250,17 +229,21 @@ def _oriented(prompt: str, a: MediaRef, b: MediaRef, label: float, ties: str, wh
 def read_pickapic(path: str | Path, ties: str = "drop", limit: int | None = None,
                   resolution: int | None = None) -> PairDataset:
     """Read Pick-a-Pic-style parquet (a file or a folder of ``*.parquet``) into a :class:`PairDataset`."""
+    import pyarrow
     import pyarrow.parquet as pq
 
     _check_ties(ties, str(path))
     path = Path(path)
     files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
-    if not files or not all(f.exists() for f in files):
+    if not files or not all(f.is_file() for f in files):
         raise InputError(f"{path}: no parquet file found; give a .parquet file or a folder of them")
     pairs: list[Pair] = []
     dropped = 0
     for f in files:
-        table = pq.read_table(f)
+        try:
+            table = pq.read_table(f)
+        except (pyarrow.ArrowException, OSError) as e:
+            raise InputError(f"{f}: cannot read the parquet file ({e}); it is truncated or not parquet") from e
         missing = [c for c in PICKAPIC_COLUMNS if c not in table.column_names]
         if missing:
             raise InputError(f"{f}: missing columns {missing}; a Pick-a-Pic file has {list(PICKAPIC_COLUMNS)}")
@@ -270,7 +253,8 @@ def read_pickapic(path: str | Path, ties: str = "drop", limit: int | None = None
             a, b = cols["jpg_0"][i], cols["jpg_1"][i]
             if not isinstance(a, bytes) or not isinstance(b, bytes):
                 raise InputError(f"{where}: jpg_0/jpg_1 must hold image bytes")
-            pair = _oriented(str(cols["caption"][i] or ""), a, b, float(cols["label_0"][i]), ties, where)
+            label = _number(cols["label_0"][i], where, "label_0")
+            pair = _oriented(str(cols["caption"][i] or ""), a, b, label, ties, where)
             if pair is None:
                 dropped += 1
             else:
@@ -280,6 +264,25 @@ def read_pickapic(path: str | Path, ties: str = "drop", limit: int | None = None
         if limit is not None and len(pairs) >= limit:
             break
     return PairDataset(pairs, None, str(path), resolution, dropped_ties=dropped)
+
+
+def _manifest_record(rec: Any, ties: str, where: str) -> Pair | Ranking | None:
+    """One JSONL record as a :class:`Pair` (winner first; None for a dropped tie) or a :class:`Ranking`."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
+        raise InputError(f"{where}: a record needs a 'prompt' string plus 'chosen'/'rejected' or 'items'/'scores'")
+    if "items" in rec:
+        items, scores = rec["items"], rec.get("scores")
+        if not isinstance(items, list) or not isinstance(scores, list) or len(items) != len(scores) or len(items) < 2:
+            raise InputError(f"{where}: 'items' and 'scores' must be lists of the same length ≥ 2")
+        if not all(isinstance(x, str) for x in items):
+            raise InputError(f"{where}: 'items' must be media file paths (strings)")
+        return Ranking(rec["prompt"], tuple(items), tuple(_number(s, where, "each score") for s in scores))
+    if "chosen" in rec and "rejected" in rec:
+        if not isinstance(rec["chosen"], str) or not isinstance(rec["rejected"], str):
+            raise InputError(f"{where}: 'chosen' and 'rejected' must be media file paths (strings)")
+        label = _number(rec.get("label", 1.0), where, "'label'")
+        return _oriented(rec["prompt"], rec["chosen"], rec["rejected"], label, ties, where)
+    raise InputError(f"{where}: expected keys 'chosen' and 'rejected' (a pair) or 'items' and 'scores' (a ranking)")
 
 
 def read_manifest(path: str | Path, ties: str = "drop", limit: int | None = None,
@@ -298,24 +301,13 @@ def read_manifest(path: str | Path, ties: str = "drop", limit: int | None = None
                 continue
             where = f"{path} line {n}"
             try:
-                rec = json.loads(line)
+                rec = _manifest_record(json.loads(line), ties, where)
             except json.JSONDecodeError as e:
                 raise InputError(f"{where}: not valid JSON ({e})") from e
-            if not isinstance(rec, dict) or "prompt" not in rec:
-                raise InputError(f"{where}: a record needs 'prompt' plus 'chosen'/'rejected' or 'items'/'scores'")
-            if "items" in rec:
-                items, scores = rec.get("items"), rec.get("scores")
-                if not isinstance(items, list) or not isinstance(scores, list) or len(items) != len(scores) or len(items) < 2:
-                    raise InputError(f"{where}: 'items' and 'scores' must be lists of the same length ≥ 2")
-                rankings.append(Ranking(str(rec["prompt"]), tuple(items), tuple(float(s) for s in scores)))
-            elif "chosen" in rec and "rejected" in rec:
-                pair = _oriented(str(rec["prompt"]), rec["chosen"], rec["rejected"], float(rec.get("label", 1.0)), ties, where)
-                if pair is None:
-                    dropped += 1
-                else:
-                    pairs.append(pair)
+            if rec is None:
+                dropped += 1
             else:
-                raise InputError(f"{where}: expected keys 'chosen' and 'rejected' (a pair) or 'items' and 'scores' (a ranking)")
+                (rankings if isinstance(rec, Ranking) else pairs).append(rec)
             if pairs and rankings:
                 raise InputError(f"{where}: the manifest mixes pairs and rankings; write them to separate files")
             if limit is not None and len(pairs) + len(rankings) >= limit:
@@ -329,7 +321,11 @@ def read_manifest(path: str | Path, ties: str = "drop", limit: int | None = None
 
 def read_preferences(path: str | Path, format: str = "auto", ties: str = "drop", limit: int | None = None,
                      resolution: int | None = None) -> PairDataset | RankingDataset:
-    """Read preference data: ``format`` ``"pickapic"`` (parquet), ``"manifest"`` (JSONL) or ``"auto"`` (by suffix)."""
+    """Read preference data: ``format`` ``"pickapic"`` (parquet), ``"manifest"`` (JSONL) or ``"auto"``.
+
+    ``"auto"`` picks by suffix: ``.parquet`` (or a folder of them) is Pick-a-Pic; anything else a
+    manifest; a folder written by ``mmalign pairs`` reads its ``pairs.jsonl`` (else ``rankings.jsonl``).
+    """
     p = Path(path)
     if format == "auto":
         format = "pickapic" if p.suffix == ".parquet" or (p.is_dir() and any(p.glob("*.parquet"))) else "manifest"
@@ -344,5 +340,5 @@ def read_preferences(path: str | Path, format: str = "auto", ties: str = "drop",
 
 __all__ = [
     "Pair", "Ranking", "PairDataset", "RankingDataset", "MediaRef", "read_pickapic", "read_manifest",
-    "read_preferences", "decode_image_bytes", "fit_resolution", "modality_of",
+    "read_preferences", "fit_resolution",
 ]

@@ -2,69 +2,63 @@
 
 ``load_generator(name)`` accepts a preset (``synth-sdxl``, ``synth-video``, ``synth-audio``), a local
 folder saved with ``save_pretrained`` or a Hugging Face hub id, and returns a
-:class:`~mmalign.generators.base.Generator` of the right family.
+:class:`~mmalign.generators.base.Generator` of the right family. Families are registered in
+:data:`FAMILIES` (:class:`~mmalign.registry.Registry`) by their class statements.
 """
 
 from __future__ import annotations
 
-import json
+import importlib
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mmalign.devices import resolve_device, resolve_dtype
 from mmalign.errors import ConfigError, InputError
-from mmalign.generators._common import DiffusersGenerator, read_defaults, resolve_device, resolve_dtype
-from mmalign.generators.base import DiffusionAdapter, Generator
+from mmalign.generators._common import DiffusersGenerator, read_defaults, read_json_object
+from mmalign.generators.base import FAMILIES, DiffusionAdapter, Generator
 from mmalign.paths import asset_path
 
-#: family name -> "module:Generator class"; imported on first use, so `import mmalign.generators`
-#: (and the CLI) does not pay for diffusers' pipelines until a model is loaded
-FAMILIES: dict[str, str] = {
-    "sd": "sd:SDGenerator",
-    "sdxl": "sdxl:SDXLGenerator",
-    "sd3": "sd3:SD3Generator",
-    "animatediff": "animatediff:AnimateDiffGenerator",
-    "animatediff_sdxl": "animatediff_sdxl:AnimateDiffSDXLGenerator",
-    "wan": "wan:WanGenerator",
-    "stable_audio": "stable_audio:StableAudioGenerator",
-    "musicgen": "musicgen:MusicGenGenerator",
-}
+#: modules of the built-in families; imported on first use, so `import mmalign.generators` (and the
+#: CLI) does not pay for diffusers' pipelines until a model is loaded
+BUILTIN_FAMILIES = ("sd", "sdxl", "sd3", "animatediff", "animatediff_sdxl", "wan", "stable_audio", "musicgen")
 
+_RESAVE = "save the model again with save_pretrained"
 
-def family_class(family: str) -> type[Generator]:
-    """The Generator class of ``family`` (imports its module)."""
-    import importlib
-
-    if family not in FAMILIES:
-        raise ConfigError(f"unknown generator family {family!r}; choose one of {sorted(FAMILIES)}")
-    module, name = FAMILIES[family].split(":")
-    return getattr(importlib.import_module(f"mmalign.generators.{module}"), name)
+#: transformers ``model_type`` of a saved MusicGen (its folder's ``config.json``)
+MUSICGEN_MODEL_TYPE = "musicgen"
 
 #: preset name (a folder under assets/models/) -> the command that trains it
 PRESETS: dict[str, str] = {
-    "synth-sdxl": "python -m mmalign.synth.train --model synth-sdxl",
-    "synth-video": "python -m mmalign.synth.train_video",
-    "synth-audio": "python -m mmalign.synth.train_audio",
+    "synth-sdxl": "python -m mmalign.zoo.train_sdxl",
+    "synth-video": "python -m mmalign.zoo.train_video",
+    "synth-audio": "python -m mmalign.zoo.train_audio",
 }
 
-#: diffusers pipeline ``_class_name`` / transformers ``model_type`` -> family
-CLASS_TO_FAMILY: dict[str, str] = {
-    "StableDiffusionPipeline": "sd",
-    "StableDiffusionXLPipeline": "sdxl",
-    "StableDiffusion3Pipeline": "sd3",
-    "AnimateDiffPipeline": "animatediff",
-    "AnimateDiffSDXLPipeline": "animatediff_sdxl",
-    "WanPipeline": "wan",
-    "StableAudioPipeline": "stable_audio",
-    "musicgen": "musicgen",
-}
+
+def _import_families() -> None:
+    for module in BUILTIN_FAMILIES:
+        importlib.import_module(f"mmalign.generators.{module}")
+
+
+def family_class(family: str) -> type[Generator]:
+    """The Generator class registered as ``family`` (ConfigError naming the nearest family otherwise)."""
+    _import_families()
+    return FAMILIES.get(family)
 
 
 def list_generators() -> dict[str, list[str]]:
     """Known families and presets."""
-    return {"families": sorted(FAMILIES), "presets": sorted(PRESETS)}
+    _import_families()
+    return {"families": FAMILIES.names(), "presets": sorted(PRESETS)}
+
+
+def _pipeline_families() -> dict[str, str]:
+    """diffusers pipeline class name (a saved folder's ``_class_name``) -> family."""
+    _import_families()
+    return {cls.pipeline_class.__name__: name for name, cls in FAMILIES.items() if issubclass(cls, DiffusersGenerator)}
 
 
 def _offline() -> bool:
@@ -75,23 +69,24 @@ def detect_family(folder: Path) -> str:
     """Family of a saved model folder, from ``model_index.json`` (diffusers) or ``config.json`` (transformers)."""
     index, config = folder / "model_index.json", folder / "config.json"
     if index.is_file():
-        key = json.loads(index.read_text()).get("_class_name", "")
+        key = read_json_object(index, InputError, _RESAVE).get("_class_name", "")
         where = f"{index} _class_name"
     elif config.is_file():
-        key = json.loads(config.read_text()).get("model_type", "")
+        key = read_json_object(config, InputError, _RESAVE).get("model_type", "")
         where = f"{config} model_type"
     else:
         raise InputError(f"{folder} has neither model_index.json (diffusers pipeline) nor config.json "
                          "(transformers model); point --generator at a folder saved with save_pretrained")
-    if key not in CLASS_TO_FAMILY:
-        raise ConfigError(f"{where} = {key!r} is not a supported generator; supported: {sorted(CLASS_TO_FAMILY)} "
-                          f"(or pass family= one of {sorted(FAMILIES)})")
-    return CLASS_TO_FAMILY[key]
+    saved = {**_pipeline_families(), MUSICGEN_MODEL_TYPE: "musicgen"}
+    if key not in saved:
+        raise ConfigError(f"{where} = {key!r} is not a supported generator; supported: {sorted(saved)} "
+                          f"(or pass family= one of {FAMILIES.names()})")
+    return saved[key]
 
 
 def _absent_components(folder: Path) -> dict[str, None]:
     """Components saved as ``[null, null]`` (e.g. SD3 without T5), passed as None so diffusers accepts them."""
-    index = json.loads((folder / "model_index.json").read_text())
+    index = read_json_object(folder / "model_index.json", InputError, _RESAVE)
     return {k: None for k, v in index.items() if isinstance(v, list) and v == [None, None]}
 
 
@@ -145,18 +140,16 @@ def load_generator(id_or_path_or_preset: str | os.PathLike, family: str | None =
             raise InputError(f"could not load the pipeline in {source}: {e}") from e
         raise _hub_error(source, e) from e
     if cls is None:
-        family = CLASS_TO_FAMILY.get(type(pipe).__name__)
-        if family is None:
+        pipelines = _pipeline_families()
+        if type(pipe).__name__ not in pipelines:
             raise ConfigError(f"{source} is a {type(pipe).__name__}, not a supported generator; "
-                              f"supported pipelines: {sorted(k for k in CLASS_TO_FAMILY if k != 'musicgen')}")
-        cls = family_class(family)
+                              f"supported pipelines: {sorted(pipelines)}")
+        cls = family_class(pipelines[type(pipe).__name__])
     # device only: the dtype came with from_pretrained, which keeps a model's fp32-only modules (Wan's norms) in fp32
-    pipe = pipe.to(dev)
-    gen = cls(pipe, dev, defaults)
-    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    gen = cls(pipe.to(dev), dev, defaults)
     from mmalign.generators.attention import set_attention_backend
 
-    set_attention_backend(denoiser, attention)
+    set_attention_backend(gen.denoiser, attention)
     return gen
 
 

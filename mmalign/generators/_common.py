@@ -1,5 +1,7 @@
-"""Shared pieces of the diffusers-backed families: devices, per-item seeds, the batch loop, the
-three training objectives (epsilon / v-prediction / flow velocity) and VAE latent scaling.
+"""Shared pieces of the generator families: per-item seeds, the sampling defaults sidecar
+(:class:`GeneratorDefaults`), the one sampling call of every diffusers pipeline
+(:class:`DiffusersGenerator`), the three training objectives (epsilon / v-prediction / flow
+velocity) and VAE latent scaling.
 
 The objectives are small pure functions so tests can check them against hand-computed values:
 
@@ -11,23 +13,28 @@ The objectives are small pure functions so tests can check them against hand-com
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
+from pydantic import ConfigDict, Field
 from tqdm.auto import tqdm
 
-from mmalign.errors import ConfigError, InputError
-from mmalign.devices import resolve_device, resolve_dtype  # noqa: F401  (re-exported)
+from mmalign.cards import Card, validate
+from mmalign.devices import empty_cache
+from mmalign.errors import ConfigError, InputError, MMAlignError
 from mmalign.fileio import atomic_write_json
 from mmalign.generators.base import Cond, DiffusionAdapter, Generator
 from mmalign.media import AudioBatch, ImageBatch, Media, VideoBatch
 
-#: file next to a saved pipeline that carries mmalign's sampling defaults (steps, guidance, frames, fps)
+#: file next to a saved pipeline that carries mmalign's sampling defaults (:class:`GeneratorDefaults`)
 DEFAULTS_FILE = "mmalign_generator.json"
 LORA_ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
+#: the field of a diffusers pipeline's output that holds the media, by modality
+PIPELINE_OUTPUT = {"image": "images", "video": "frames", "audio": "audios"}
 
 
 # --- devices, seeds, prompts -------------------------------------------------------------------
@@ -59,18 +66,52 @@ def expand_prompts(prompts: Sequence[str] | str, n: int) -> list[str]:
     return [p for p in prompts for _ in range(n)]
 
 
+class GeneratorDefaults(Card):
+    """``mmalign_generator.json``: the sampling defaults saved next to a model (every key optional).
+
+    ``family`` is informative (the family is detected from the model's own config); the other keys
+    override the family's defaults and those a pipeline takes are passed on to it (``call_defaults``).
+    """
+
+    model_config = ConfigDict(strict=True)  # a JSON file: 20 is an int, "20" is not
+
+    family: str | None = Field(None, description="Generator family that wrote the folder")
+    steps: int | None = Field(None, ge=1, description="Denoising steps")
+    guidance: float | None = Field(None, ge=0, description="Classifier-free guidance scale")
+    height: int | None = Field(None, ge=1, description="Output height in pixels")
+    width: int | None = Field(None, ge=1, description="Output width in pixels")
+    num_frames: int | None = Field(None, ge=1, description="Frames per video")
+    fps: float | None = Field(None, gt=0, description="Frame rate of the sampled videos")
+    max_sequence_length: int | None = Field(None, ge=1, description="Text tokens of the T5 encoder (SD3, Wan)")
+    audio_end_in_s: float | None = Field(None, gt=0, description="Seconds of audio (Stable Audio)")
+    max_new_tokens: int | None = Field(None, ge=1, description="Audio-token frames to generate (MusicGen)")
+
+
+def read_json_object(path: Path, error: type[MMAlignError], fix: str) -> dict[str, Any]:
+    """The JSON object in ``path``; ``error`` (saying ``fix``) when it is unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise error(f"{path}: not valid JSON ({e}); {fix}") from e
+    if not isinstance(data, dict):
+        raise error(f"{path}: must be a JSON object, got {type(data).__name__}; {fix}")
+    return data
+
+
 def read_defaults(folder: str | Path) -> dict[str, Any]:
+    """The validated sampling defaults saved in ``folder`` (``{}`` when it has no :data:`DEFAULTS_FILE`)."""
     path = Path(folder) / DEFAULTS_FILE
     if not path.is_file():
         return {}
-    try:
-        return dict(json.loads(path.read_text()))
-    except (ValueError, TypeError) as e:
-        raise InputError(f"{path}: not valid JSON ({e}); fix or delete it") from e
+    data = read_json_object(path, ConfigError, "fix or delete it")
+    return validate(data, GeneratorDefaults, where=str(path)).model_dump(exclude_none=True)
 
 
 def write_defaults(folder: str | Path, defaults: dict[str, Any]) -> None:
-    atomic_write_json(Path(folder) / DEFAULTS_FILE, defaults, indent=2, sort_keys=True)
+    """Validate ``defaults`` (a :class:`GeneratorDefaults`) and write them to ``folder``/:data:`DEFAULTS_FILE`."""
+    path = Path(folder) / DEFAULTS_FILE
+    checked = validate(dict(defaults), GeneratorDefaults, where=str(path))
+    atomic_write_json(path, checked.model_dump(exclude_none=True), indent=2, sort_keys=True)
 
 
 # --- the generator around a diffusers pipeline --------------------------------------------------
@@ -79,26 +120,69 @@ def write_defaults(folder: str | Path, defaults: dict[str, Any]) -> None:
 class DiffusersGenerator(Generator):
     """A diffusers pipeline behind the :class:`Generator` interface.
 
-    Families set ``family``, ``modality``, ``pipeline_class`` and ``defaults`` and implement
-    :meth:`_generate` (one batch through the pipeline, returning a tensor in the Media layout).
+    A family names itself in its class statement (``family=``, ``modality=``) and declares
+    ``pipeline_class``, ``adapter_class``, ``defaults`` and, where they differ, ``call_defaults`` and
+    ``denoiser_name``; sampling, saving and :meth:`trainable` are shared.
     """
 
-    family: str
     pipeline_class: type
+    adapter_class: type[LatentAdapter]
     defaults: dict[str, Any] = {}
+    #: keys of ``defaults`` passed on to the pipeline call (e.g. num_frames, height)
+    call_defaults: tuple[str, ...] = ("height", "width")
+    #: the pipeline component that denoises (and that training adapts)
+    denoiser_name: str = "unet"
 
     def __init__(self, pipe: Any, device: torch.device | None = None, defaults: dict[str, Any] | None = None):
         self.pipe = pipe
         self.device = device or pipe.device
         self.defaults = {**type(self).defaults, **(defaults or {})}
+        self.released: list[str] = []
 
     @property
     def dtype(self) -> torch.dtype:
         return self.pipe.dtype
 
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return getattr(self.pipe, self.denoiser_name)
+
+    def trainable(self) -> LatentAdapter:
+        return self.adapter_class(self)
+
+    def encoders(self) -> dict[str, torch.nn.Module]:
+        """Every pipeline module but the denoiser: the VAE and text encoders (and Stable Audio's projection
+        model, AnimateDiff's motion adapter, whose weights the UNet holds a copy of)."""
+        return {name: part for name, part in self.pipe.components.items()
+                if isinstance(part, torch.nn.Module) and name != self.denoiser_name}
+
+    def release_encoders(self) -> None:
+        """Move :meth:`encoders` to CPU and free the accelerator's cache (on CPU nothing moves);
+        :meth:`sample` brings them back while it runs."""
+        if self.device.type == "cpu":
+            return
+        self.released = list(self.encoders())
+        for module in self.encoders().values():
+            module.to("cpu")
+        empty_cache(self.device)
+
+    @contextlib.contextmanager
+    def _encoders_on_device(self) -> Iterator[None]:
+        """Bring released modules back to :attr:`device` for the duration of the block."""
+        for name in self.released:
+            getattr(self.pipe, name).to(self.device)
+        try:
+            yield
+        finally:
+            if self.released:
+                self.release_encoders()
+
     def _generate(self, prompts: list[str], generators: list[torch.Generator], steps: int, guidance: float,
                   **kwargs: Any) -> torch.Tensor:
-        raise NotImplementedError
+        """One batch through the pipeline, as a tensor in the :class:`Media` layout of :attr:`modality`."""
+        out = self.pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators,
+                        output_type="pt", **kwargs)
+        return getattr(out, PIPELINE_OUTPUT[self.modality])
 
     def _media(self, data: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]) -> Media:
         data = data.float().cpu()
@@ -110,7 +194,8 @@ class DiffusersGenerator(Generator):
 
     def sample(self, prompts: Sequence[str] | str, n: int = 1, seed: int = 0, steps: int | None = None,
                guidance: float | None = None, batch_size: int = 8, progress: bool = True, **kwargs: Any) -> Media:
-        """``n`` samples per prompt, prompt-major; item ``i`` uses its own seeded ``torch.Generator``."""
+        """``n`` samples per prompt, prompt-major; item ``i`` uses its own seeded ``torch.Generator``.
+        ``kwargs`` go to the pipeline call, over the ``call_defaults`` of :attr:`defaults`."""
         items = expand_prompts(prompts, n)
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
@@ -124,15 +209,13 @@ class DiffusersGenerator(Generator):
         self.pipe.set_progress_bar_config(disable=True)
         outs = []
         starts = range(0, len(items), batch_size)
-        for start in tqdm(starts, desc=f"sampling {self.family}", disable=not progress or len(starts) < 2):
-            batch = items[start : start + batch_size]
-            gens = item_generators(seeds[start : start + batch_size], self.device)
-            with torch.no_grad():
-                outs.append(self._generate(batch, gens, steps, guidance, **kwargs).float().cpu())
+        with self._encoders_on_device():
+            for start in tqdm(starts, desc=f"sampling {self.family}", disable=not progress or len(starts) < 2):
+                batch = items[start : start + batch_size]
+                gens = item_generators(seeds[start : start + batch_size], self.device)
+                with torch.no_grad():
+                    outs.append(self._generate(batch, gens, steps, guidance, **kwargs).float().cpu())
         return self._media(torch.cat(outs), items, metadata)
-
-    #: keys of ``defaults`` that are passed on to :meth:`_generate` (e.g. num_frames, height)
-    call_defaults: tuple[str, ...] = ()
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Save the pipeline (``save_pretrained``) plus mmalign's sampling defaults."""
@@ -178,11 +261,17 @@ class LatentAdapter(DiffusionAdapter):
     """Common state of the latent diffusion adapters: the wrapped generator, device and dtype."""
 
     lora_target_modules_default: list[str] = LORA_ATTENTION
+    #: the media type :meth:`encode_media` takes
+    media_type: type[Media] = ImageBatch
 
     def __init__(self, generator: DiffusersGenerator):
         self.gen = generator
         self.pipe = generator.pipe
         self.device = generator.device
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return self.gen.denoiser
 
     @property
     def dtype(self) -> torch.dtype:
@@ -191,6 +280,19 @@ class LatentAdapter(DiffusionAdapter):
     @property
     def lora_target_modules(self) -> list[str]:
         return list(self.lora_target_modules_default)
+
+    def encoders(self) -> dict[str, torch.nn.Module]:
+        return self.gen.encoders()
+
+    def release_encoders(self) -> None:
+        """Offload :meth:`encoders` after the last :meth:`encode_prompts` / :meth:`encode_media`
+        (see :meth:`DiffusersGenerator.release_encoders`)."""
+        self.gen.release_encoders()
+
+    def _check_media(self, media: Media) -> None:
+        if not isinstance(media, self.media_type):
+            raise InputError(f"{self.gen.family} encodes {self.media_type.modality} media "
+                             f"({self.media_type.__name__}), got {type(media).__name__}")
 
     def _latent_scale(self, latents: torch.Tensor) -> torch.Tensor:
         cfg = self.pipe.vae.config

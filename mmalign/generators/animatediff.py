@@ -4,46 +4,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
-
 import torch
 from diffusers import AnimateDiffPipeline
 
-from mmalign.errors import InputError
-from mmalign.generators._common import DDPMAdapter, DiffusersGenerator, cond_batch
+from mmalign.generators._common import DiffusersGenerator, cond_batch
 from mmalign.generators.base import Cond
+from mmalign.generators.sd import SDAdapter
 from mmalign.media import Media, VideoBatch
 
 
-class AnimateDiffGenerator(DiffusersGenerator):
-    family = "animatediff"
-    modality = "video"
-    pipeline_class = AnimateDiffPipeline
-    defaults = {"steps": 25, "guidance": 7.5, "num_frames": 16, "fps": 8.0}
-    call_defaults = ("height", "width", "num_frames")
-
-    def _generate(self, prompts: list[str], generators: list[torch.Generator], steps: int, guidance: float,
-                  **kwargs: Any) -> torch.Tensor:
-        return self.pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators,
-                         output_type="pt", **kwargs).frames  # [B, T, 3, H, W]
-
-    def trainable(self) -> "AnimateDiffAdapter":
-        return AnimateDiffAdapter(self)
-
-
-class AnimateDiffAdapter(DDPMAdapter):
-    @property
-    def denoiser(self) -> torch.nn.Module:
-        return self.pipe.unet
-
-    def encode_prompts(self, prompts: Sequence[str]) -> Cond:
-        embeds, _ = self.pipe.encode_prompt(list(prompts), self.device, 1, False)
-        return {"prompt_embeds": embeds}
+class AnimateDiffAdapter(SDAdapter):
+    media_type = VideoBatch
 
     def encode_media(self, media: Media) -> torch.Tensor:
         """Per-frame VAE latents, ``[B, C, T, h, w]``."""
-        if not isinstance(media, VideoBatch):
-            raise InputError(f"animatediff encodes videos, got {type(media).__name__}")
+        self._check_media(media)
         b, t = media.pixels.shape[:2]
         latents = self._encode_frames(media.pixels.reshape(b * t, *media.pixels.shape[2:]))
         return latents.reshape(b, t, *latents.shape[1:]).permute(0, 2, 1, 3, 4)
@@ -53,3 +28,10 @@ class AnimateDiffAdapter(DDPMAdapter):
         c = cond_batch(cond, noisy.device, self.dtype)
         embeds = c["prompt_embeds"].repeat_interleave(noisy.shape[2], dim=0)
         return self.denoiser(noisy.to(self.dtype), t.to(noisy.device), encoder_hidden_states=embeds).sample
+
+
+class AnimateDiffGenerator(DiffusersGenerator, family="animatediff", modality="video"):
+    pipeline_class = AnimateDiffPipeline
+    adapter_class = AnimateDiffAdapter
+    defaults = {"steps": 25, "guidance": 7.5, "num_frames": 16, "fps": 8.0}
+    call_defaults = ("height", "width", "num_frames")

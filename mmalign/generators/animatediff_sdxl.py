@@ -11,23 +11,12 @@ from diffusers import AnimateDiffSDXLPipeline
 from mmalign.generators._common import cond_batch
 from mmalign.generators.animatediff import AnimateDiffAdapter, AnimateDiffGenerator
 from mmalign.generators.base import Cond
-from mmalign.generators.sdxl import SDXLAdapter
-
-
-class AnimateDiffSDXLGenerator(AnimateDiffGenerator):
-    family = "animatediff_sdxl"
-    pipeline_class = AnimateDiffSDXLPipeline
-
-    @property
-    def native_size(self) -> tuple[int, int]:
-        s = self.pipe.default_sample_size * self.pipe.vae_scale_factor
-        return (int(s), int(s))
-
-    def trainable(self) -> "AnimateDiffSDXLAdapter":
-        return AnimateDiffSDXLAdapter(self)
+from mmalign.generators.sdxl import SDXLAdapter, SDXLGenerator
+from mmalign.media import VideoBatch
 
 
 class AnimateDiffSDXLAdapter(SDXLAdapter):
+    media_type = VideoBatch
     encode_media = AnimateDiffAdapter.encode_media
 
     def predict(self, noisy: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
@@ -38,3 +27,9 @@ class AnimateDiffSDXLAdapter(SDXLAdapter):
         added = {"text_embeds": c["pooled_prompt_embeds"], "time_ids": c["add_time_ids"]}
         return self.denoiser(noisy.to(self.dtype), t.to(noisy.device), encoder_hidden_states=embeds,
                              added_cond_kwargs=added).sample
+
+
+class AnimateDiffSDXLGenerator(AnimateDiffGenerator, family="animatediff_sdxl"):
+    pipeline_class = AnimateDiffSDXLPipeline
+    adapter_class = AnimateDiffSDXLAdapter
+    native_size = SDXLGenerator.native_size

@@ -6,6 +6,9 @@
   (epsilon, v-prediction or flow-matching velocity) and the denoiser to adapt. SDXL's pooled
   embeddings and ``add_time_ids``, video frames and audio latents live inside the adapter, so
   trainers never branch on the family.
+
+A generator family registers in :data:`FAMILIES` by naming itself in its class statement:
+``class SDXLGenerator(DiffusersGenerator, family="sdxl", modality="image")``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ import torch
 
 from mmalign.errors import ConfigError
 from mmalign.media import Media
+from mmalign.registry import Registry
+
+#: generator family name -> Generator class (filled by the ``family=`` of each Generator subclass)
+FAMILIES: Registry[type["Generator"]] = Registry("generator family")
 
 Cond = dict[str, torch.Tensor]
 """Prompt conditioning as a dict of tensors with batch first (e.g. ``prompt_embeds``,
@@ -65,11 +72,32 @@ class DiffusionAdapter(ABC):
     def predict(self, noisy: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         """The denoiser's prediction for ``noisy`` at ``t`` given ``cond`` (same layout as :meth:`target`)."""
 
+    @abstractmethod
+    def encoders(self) -> dict[str, torch.nn.Module]:
+        """The modules behind :meth:`encode_prompts` and :meth:`encode_media` (text encoders, VAE), by name."""
+
+    @abstractmethod
+    def release_encoders(self) -> None:
+        """Free the accelerator memory of :meth:`encoders` once their outputs are cached (the denoiser
+        stays). Sampling from the generator still works afterwards."""
+
 
 class Generator(ABC):
     """A text-to-media generator (image, video or audio)."""
 
+    #: the name it is registered under in :data:`FAMILIES`
+    family: str
+    #: "image" | "video" | "audio"
     modality: str
+
+    def __init_subclass__(cls, family: str | None = None, modality: str | None = None, **kwargs: Any) -> None:
+        """``family=`` registers the class in :data:`FAMILIES`; ``modality=`` sets its modality."""
+        super().__init_subclass__(**kwargs)
+        if modality is not None:
+            cls.modality = modality
+        if family is not None:
+            cls.family = family
+            FAMILIES.register(family)(cls)
 
     @abstractmethod
     def sample(

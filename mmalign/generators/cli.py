@@ -7,19 +7,20 @@ from typing import Optional
 
 import typer
 
+from mmalign.data.prompts import read_prompts
 from mmalign.errors import InputError
 from mmalign.fileio import atomic_write, atomic_write_jsonl
 from mmalign.media import ImageBatch, Media, VideoBatch, image_grid, save_media, video_contact_sheet
 
 
-def _read_prompts(prompts: list[str] | None, prompts_file: Path | None) -> list[str]:
-    out = list(prompts or [])
+def _read_prompts(prompts: list[str] | None, prompts_file: str | None) -> list[str]:
+    """``--prompts`` texts, then those of ``--prompts-file`` (a file or a shipped prompt set)."""
+    out = [p.strip() for p in prompts or [] if p.strip()]
     if prompts_file is not None:
-        if not prompts_file.is_file():
-            raise InputError(f"--prompts-file {prompts_file} does not exist")
-        out += [line.strip() for line in prompts_file.read_text().splitlines() if line.strip()]
+        out += read_prompts(prompts_file)
     if not out:
-        raise InputError("no prompts: pass --prompts TEXT (repeatable) or --prompts-file FILE (one per line)")
+        raise InputError("no prompts: pass --prompts TEXT (repeatable) or --prompts-file FILE (one per line, or a "
+                         "shipped prompt set such as synth-image-heldout)")
     return out
 
 
@@ -38,7 +39,7 @@ def write_grid(media: Media, path: Path, columns: int) -> bool:
 def sample_command(
     generator: str = typer.Option(..., "--generator", help="preset (synth-sdxl, synth-video, synth-audio), folder or hub id"),
     prompts: Optional[list[str]] = typer.Option(None, "--prompts", help="a prompt (repeatable)"),
-    prompts_file: Optional[Path] = typer.Option(None, "--prompts-file", help="text file, one prompt per line"),
+    prompts_file: Optional[str] = typer.Option(None, "--prompts-file", help="text file (UTF-8, one prompt per line) or a shipped prompt set (synth-image-heldout, ...)"),
     n: int = typer.Option(4, "--n", help="samples per prompt"),
     seed: int = typer.Option(0, "--seed"),
     steps: Optional[int] = typer.Option(None, "--steps", help="denoising steps (default: the model's)"),
@@ -53,6 +54,8 @@ def sample_command(
     """Sample N media per prompt with a fixed seed; writes media files and manifest.jsonl to OUT."""
     from mmalign.generators import load_generator
 
+    if n < 1 or batch_size < 1:
+        raise InputError(f"--n {n} --batch-size {batch_size}: both must be at least 1")
     texts = _read_prompts(prompts, prompts_file)
     gen = load_generator(generator, device=device, attention=attention)
     media = gen.sample(texts, n=n, seed=seed, steps=steps, guidance=guidance, batch_size=batch_size, progress=not quiet)

@@ -3,45 +3,31 @@ or v-prediction as the scheduler config says (Rombach et al. 2022; SD 2.x-768 us
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from diffusers import StableDiffusionPipeline
 
 from mmalign.generators._common import DDPMAdapter, DiffusersGenerator, cond_batch
 from mmalign.generators.base import Cond
-from mmalign.media import ImageBatch, Media
-
-
-class SDGenerator(DiffusersGenerator):
-    family = "sd"
-    modality = "image"
-    pipeline_class = StableDiffusionPipeline
-    defaults = {"steps": 30, "guidance": 7.5}
-    call_defaults = ("height", "width")
-
-    def _generate(self, prompts: list[str], generators: list[torch.Generator], steps: int, guidance: float,
-                  **kwargs: Any) -> torch.Tensor:
-        return self.pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators,
-                         output_type="pt", **kwargs).images
-
-    def trainable(self) -> "SDAdapter":
-        return SDAdapter(self)
+from mmalign.media import Media
 
 
 class SDAdapter(DDPMAdapter):
-    @property
-    def denoiser(self) -> torch.nn.Module:
-        return self.pipe.unet
-
     def encode_prompts(self, prompts: Sequence[str]) -> Cond:
         embeds, _ = self.pipe.encode_prompt(list(prompts), self.device, 1, False)
         return {"prompt_embeds": embeds}
 
     def encode_media(self, media: Media) -> torch.Tensor:
-        assert isinstance(media, ImageBatch), f"{self.gen.family} encodes images, got {type(media).__name__}"
+        self._check_media(media)
         return self._encode_frames(media.pixels)
 
     def predict(self, noisy: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         c = cond_batch(cond, noisy.device, self.dtype)
         return self.denoiser(noisy.to(self.dtype), t.to(noisy.device), encoder_hidden_states=c["prompt_embeds"]).sample
+
+
+class SDGenerator(DiffusersGenerator, family="sd", modality="image"):
+    pipeline_class = StableDiffusionPipeline
+    adapter_class = SDAdapter
+    defaults = {"steps": 30, "guidance": 7.5}

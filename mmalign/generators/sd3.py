@@ -5,38 +5,17 @@ diffusers: without it the T5 part of the sequence is zeros, which the tiny build
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from diffusers import StableDiffusion3Pipeline
 
-from mmalign.errors import InputError
 from mmalign.generators._common import DiffusersGenerator, FlowAdapter, cond_batch
 from mmalign.generators.base import Cond
-from mmalign.media import ImageBatch, Media
-
-
-class SD3Generator(DiffusersGenerator):
-    family = "sd3"
-    modality = "image"
-    pipeline_class = StableDiffusion3Pipeline
-    defaults = {"steps": 28, "guidance": 7.0, "max_sequence_length": 256}
-    call_defaults = ("height", "width", "max_sequence_length")
-
-    def _generate(self, prompts: list[str], generators: list[torch.Generator], steps: int, guidance: float,
-                  **kwargs: Any) -> torch.Tensor:
-        return self.pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators,
-                         output_type="pt", **kwargs).images
-
-    def trainable(self) -> "SD3Adapter":
-        return SD3Adapter(self)
+from mmalign.media import Media
 
 
 class SD3Adapter(FlowAdapter):
-    @property
-    def denoiser(self) -> torch.nn.Module:
-        return self.pipe.transformer
-
     def encode_prompts(self, prompts: Sequence[str]) -> Cond:
         embeds, _, pooled, _ = self.pipe.encode_prompt(
             prompt=list(prompts), prompt_2=None, prompt_3=None, device=self.device, num_images_per_prompt=1,
@@ -44,8 +23,7 @@ class SD3Adapter(FlowAdapter):
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
 
     def encode_media(self, media: Media) -> torch.Tensor:
-        if not isinstance(media, ImageBatch):
-            raise InputError(f"sd3 encodes images, got {type(media).__name__}")
+        self._check_media(media)
         return self._encode_frames(media.pixels)
 
     def predict(self, noisy: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
@@ -53,3 +31,11 @@ class SD3Adapter(FlowAdapter):
         t = t.to(noisy.device, self.dtype).expand(noisy.shape[0])
         return self.denoiser(hidden_states=noisy.to(self.dtype), timestep=t, encoder_hidden_states=c["prompt_embeds"],
                              pooled_projections=c["pooled_prompt_embeds"]).sample
+
+
+class SD3Generator(DiffusersGenerator, family="sd3", modality="image"):
+    pipeline_class = StableDiffusion3Pipeline
+    adapter_class = SD3Adapter
+    denoiser_name = "transformer"
+    defaults = {"steps": 28, "guidance": 7.0, "max_sequence_length": 256}
+    call_defaults = ("height", "width", "max_sequence_length")

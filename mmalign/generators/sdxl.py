@@ -1,13 +1,14 @@
 """SDXL (``StableDiffusionXLPipeline``; Podell et al. 2023, §2.2 micro-conditioning).
 
-Conditioning (reference/training.md §1.5, parity check P8): both CLIP encoders' penultimate hidden
-states concatenated on the last axis (768 + 1280 = 2048 for the real model), the pooled embedding of
-the second encoder, and ``add_time_ids = [orig_h, orig_w, crop_top, crop_left, target_h, target_w]``.
+Conditioning: both CLIP encoders' penultimate hidden states concatenated on the last axis
+(768 + 1280 = 2048 for the real model), the pooled embedding of the second encoder, and
+``add_time_ids = [orig_h, orig_w, crop_top, crop_left, target_h, target_w]`` (Podell et al. 2023,
+§2.2; diffusers ``StableDiffusionXLPipeline._get_add_time_ids``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from diffusers import StableDiffusionXLPipeline
@@ -15,7 +16,7 @@ from diffusers import StableDiffusionXLPipeline
 from mmalign.errors import InputError
 from mmalign.generators._common import DDPMAdapter, DiffusersGenerator, cond_batch
 from mmalign.generators.base import Cond
-from mmalign.media import ImageBatch, Media
+from mmalign.media import Media
 
 Size = tuple[int, int]
 
@@ -28,38 +29,15 @@ def add_time_ids(original_sizes: Sequence[Size], crops_top_left: Sequence[Size],
     return torch.tensor(rows, dtype=torch.float32)
 
 
-class SDXLGenerator(DiffusersGenerator):
-    family = "sdxl"
-    modality = "image"
-    pipeline_class = StableDiffusionXLPipeline
-    defaults = {"steps": 30, "guidance": 5.0}
-    call_defaults = ("height", "width")
-
-    @property
-    def native_size(self) -> Size:
-        s = self.pipe.default_sample_size * self.pipe.vae_scale_factor
-        return (int(s), int(s))
-
-    def _generate(self, prompts: list[str], generators: list[torch.Generator], steps: int, guidance: float,
-                  **kwargs: Any) -> torch.Tensor:
-        return self.pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators,
-                         output_type="pt", **kwargs).images
-
-    def trainable(self) -> "SDXLAdapter":
-        return SDXLAdapter(self)
-
-
 class SDXLAdapter(DDPMAdapter):
-    @property
-    def denoiser(self) -> torch.nn.Module:
-        return self.pipe.unet
-
     def encode_prompts(self, prompts: Sequence[str], original_sizes: Sequence[Size] | None = None,
                        crops_top_left: Sequence[Size] | None = None, target_size: Size | None = None) -> Cond:
         """Prompt embeddings, pooled embeddings and ``add_time_ids``.
 
         ``original_sizes`` are the (h, w) of each training image before resizing and ``crops_top_left``
-        its crop offset (diffusers SDXL DPO script L974–985); both default to the target size and (0, 0).
+        its crop offset (``compute_time_ids`` in huggingface/diffusers
+        ``examples/research_projects/diffusion_dpo/train_diffusion_dpo_sdxl.py``@3e615b3); both default
+        to the target size and (0, 0).
         """
         prompts = list(prompts)
         target = tuple(target_size or self.gen.native_size)
@@ -70,8 +48,7 @@ class SDXLAdapter(DDPMAdapter):
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "add_time_ids": time_ids.to(self.device)}
 
     def encode_media(self, media: Media) -> torch.Tensor:
-        if not isinstance(media, ImageBatch):
-            raise InputError(f"sdxl encodes images, got {type(media).__name__}")
+        self._check_media(media)
         return self._encode_frames(media.pixels)
 
     def predict(self, noisy: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
@@ -79,3 +56,14 @@ class SDXLAdapter(DDPMAdapter):
         added = {"text_embeds": c["pooled_prompt_embeds"], "time_ids": c["add_time_ids"]}
         return self.denoiser(noisy.to(self.dtype), t.to(noisy.device), encoder_hidden_states=c["prompt_embeds"],
                              added_cond_kwargs=added).sample
+
+
+class SDXLGenerator(DiffusersGenerator, family="sdxl", modality="image"):
+    pipeline_class = StableDiffusionXLPipeline
+    adapter_class = SDXLAdapter
+    defaults = {"steps": 30, "guidance": 5.0}
+
+    @property
+    def native_size(self) -> Size:
+        s = self.pipe.default_sample_size * self.pipe.vae_scale_factor
+        return (int(s), int(s))

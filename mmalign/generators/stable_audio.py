@@ -13,14 +13,14 @@ is trained so that ``x0 = c_skip·x + c_out·F``. For ``prediction_type="v_predi
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from diffusers import StableAudioPipeline
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
 
 from mmalign.errors import ConfigError, InputError
-from mmalign.generators._common import LatentAdapter, DiffusersGenerator, _bcast, cond_batch
+from mmalign.generators._common import DiffusersGenerator, LatentAdapter, _bcast, cond_batch
 from mmalign.generators.base import Cond
 from mmalign.media import AudioBatch, Media
 
@@ -45,35 +45,11 @@ def edm_target(x0: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor, sigma_d
     return (x0 - c_skip * (x0 + s * eps)) / c_out
 
 
-class StableAudioGenerator(DiffusersGenerator):
-    family = "stable_audio"
-    modality = "audio"
-    pipeline_class = StableAudioPipeline
-    defaults = {"steps": 100, "guidance": 7.0}
-    call_defaults = ("audio_end_in_s",)
-
-    @property
-    def sample_rate(self) -> int:
-        return int(self.pipe.vae.config.sampling_rate)
-
-    @property
-    def max_seconds(self) -> float:
-        hop = math.prod(self.pipe.vae.config.downsampling_ratios)
-        return self.pipe.transformer.config.sample_size * hop / self.sample_rate
-
-    def _generate(self, prompts: list[str], generators: list[torch.Generator], steps: int, guidance: float,
-                  **kwargs: Any) -> torch.Tensor:
-        return self.pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators,
-                         output_type="pt", **kwargs).audios  # [B, C, N]
-
-    def trainable(self) -> "StableAudioAdapter":
-        return StableAudioAdapter(self)
-
-
 class StableAudioAdapter(LatentAdapter):
     num_train_timesteps = 1000
+    media_type = AudioBatch
 
-    def __init__(self, generator: StableAudioGenerator):
+    def __init__(self, generator: DiffusersGenerator):
         super().__init__(generator)
         self.scheduler = self.pipe.scheduler
         cfg = self.scheduler.config
@@ -83,10 +59,6 @@ class StableAudioAdapter(LatentAdapter):
                                   f"got {type(self.scheduler).__name__}")
         self.prediction_type = cfg.prediction_type
         edm_coefficients(torch.ones(1), 1.0, self.prediction_type)  # validates prediction_type
-
-    @property
-    def denoiser(self) -> torch.nn.Module:
-        return self.pipe.transformer
 
     def sample_timesteps(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.rand(batch_size, generator=generator) * self.num_train_timesteps
@@ -104,8 +76,7 @@ class StableAudioAdapter(LatentAdapter):
                 "global_embeds": torch.cat([start_h, end_h], dim=2)}
 
     def encode_media(self, media: Media) -> torch.Tensor:
-        if not isinstance(media, AudioBatch):
-            raise InputError(f"stable_audio encodes audio, got {type(media).__name__}")
+        self._check_media(media)
         vae = self.pipe.vae
         if media.sample_rate != vae.config.sampling_rate:
             raise InputError(f"stable_audio: audio at {media.sample_rate} Hz, the VAE expects "
@@ -134,3 +105,20 @@ class StableAudioAdapter(LatentAdapter):
                                          use_real=True, repeat_interleave_real=False)
         return self.denoiser(x_in, c_noise, encoder_hidden_states=c["prompt_embeds"],
                              global_hidden_states=c["global_embeds"], rotary_embedding=rotary).sample
+
+
+class StableAudioGenerator(DiffusersGenerator, family="stable_audio", modality="audio"):
+    pipeline_class = StableAudioPipeline
+    adapter_class = StableAudioAdapter
+    denoiser_name = "transformer"
+    defaults = {"steps": 100, "guidance": 7.0}
+    call_defaults = ("audio_end_in_s",)
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.pipe.vae.config.sampling_rate)
+
+    @property
+    def max_seconds(self) -> float:
+        hop = math.prod(self.pipe.vae.config.downsampling_ratios)
+        return self.pipe.transformer.config.sample_size * hop / self.sample_rate

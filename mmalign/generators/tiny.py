@@ -3,7 +3,7 @@ for the shipped synth models. ``build_tiny(family, seed)`` returns the diffusers
 ``(model, tokenizer)``); ``save_tiny(family, folder)`` saves it with ``save_pretrained`` plus small
 sampling defaults, so ``load_generator(folder, local_files_only=True)`` goes through the real loading path.
 
-Tokenizers are the project's own (``assets/tokenizers/``, made by ``python -m mmalign.generators.make_tokenizer``).
+Tokenizers are the project's own (``assets/tokenizers/``, made by ``python -m mmalign.zoo.make_tokenizer``).
 Images are 32×32 (16×16×4 latents), videos 32×32 with 4 (AnimateDiff) or 5 (Wan) frames, audio 16 kHz mono.
 """
 
@@ -14,9 +14,13 @@ from typing import Any, Callable
 
 import torch
 
-from mmalign.errors import ConfigError, InputError
+from mmalign.errors import InputError
 from mmalign.generators._common import write_defaults
 from mmalign.paths import asset_path
+from mmalign.registry import Registry
+
+#: family -> function building its tiny pipeline
+TINY: Registry[Callable[..., Any]] = Registry("tiny generator family")
 
 #: small sampling defaults written next to each tiny model
 TINY_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -37,7 +41,7 @@ def clip_tokenizer():
 
     folder = asset_path("tokenizers", "clip-synth")
     if not folder.is_dir():
-        raise InputError(f"{folder} is missing; run `python -m mmalign.generators.make_tokenizer`")
+        raise InputError(f"{folder} is missing; run `python -m mmalign.zoo.make_tokenizer`")
     return CLIPTokenizer.from_pretrained(str(folder))
 
 
@@ -46,7 +50,7 @@ def t5_tokenizer():
 
     folder = asset_path("tokenizers", "t5-synth")
     if not folder.is_dir():
-        raise InputError(f"{folder} is missing; run `python -m mmalign.generators.make_tokenizer`")
+        raise InputError(f"{folder} is missing; run `python -m mmalign.zoo.make_tokenizer`")
     return T5Tokenizer.from_pretrained(str(folder))
 
 
@@ -92,6 +96,7 @@ def _unet(cross_attention_dim: int, **extra: Any):
         cross_attention_dim=cross_attention_dim, attention_head_dim=(2, 4), norm_num_groups=8, **extra)
 
 
+@TINY.register("sd")
 def _sd(prediction_type: str = "epsilon"):
     from diffusers import StableDiffusionPipeline
 
@@ -101,6 +106,7 @@ def _sd(prediction_type: str = "epsilon"):
                                    feature_extractor=None, requires_safety_checker=False)
 
 
+@TINY.register("sdxl")
 def _sdxl(prediction_type: str = "epsilon"):
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
@@ -117,6 +123,7 @@ def _sdxl(prediction_type: str = "epsilon"):
                                      tokenizer=tok, tokenizer_2=tok, unet=unet, scheduler=sched)
 
 
+@TINY.register("sd3")
 def _sd3():
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
@@ -132,6 +139,7 @@ def _sd3():
         text_encoder_3=None, tokenizer_3=None)
 
 
+@TINY.register("animatediff")
 def _animatediff():
     from diffusers import AnimateDiffPipeline, MotionAdapter
 
@@ -143,6 +151,7 @@ def _animatediff():
                                motion_adapter=adapter, scheduler=ddpm_like(), feature_extractor=None, image_encoder=None)
 
 
+@TINY.register("animatediff_sdxl")
 def _animatediff_sdxl():
     from diffusers import AnimateDiffSDXLPipeline, MotionAdapter, UNetMotionModel
 
@@ -155,6 +164,7 @@ def _animatediff_sdxl():
                                    scheduler=sdxl.scheduler)
 
 
+@TINY.register("wan")
 def _wan():
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
 
@@ -169,6 +179,7 @@ def _wan():
                        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), transformer=transformer)
 
 
+@TINY.register("stable_audio")
 def _stable_audio():
     from diffusers import AutoencoderOobleck, EDMDPMSolverMultistepScheduler, StableAudioDiTModel, StableAudioPipeline
     from diffusers.pipelines.stable_audio import StableAudioProjectionModel
@@ -188,6 +199,7 @@ def _stable_audio():
                                transformer=transformer, scheduler=sched)
 
 
+@TINY.register("musicgen")
 def _musicgen():
     from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, MusicgenForConditionalGeneration
     from transformers import T5Config
@@ -214,19 +226,12 @@ def _musicgen():
     return model, tok
 
 
-BUILDERS: dict[str, Callable[..., Any]] = {
-    "sd": _sd, "sdxl": _sdxl, "sd3": _sd3, "animatediff": _animatediff, "animatediff_sdxl": _animatediff_sdxl, "wan": _wan,
-    "stable_audio": _stable_audio, "musicgen": _musicgen,
-}
-
-
 def build_tiny(family: str, seed: int = 0, **options: Any) -> Any:
     """A tiny random pipeline of ``family`` (``options``: e.g. ``prediction_type="v_prediction"`` for sd/sdxl)."""
-    if family not in BUILDERS:
-        raise ConfigError(f"no tiny builder for family {family!r}; choose one of {sorted(BUILDERS)}")
+    builder = TINY.get(family)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return BUILDERS[family](**options)
+        return builder(**options)
 
 
 def save_tiny(family: str, folder: str | Path, seed: int = 0, **options: Any) -> Path:

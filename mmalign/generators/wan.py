@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from diffusers import WanPipeline
@@ -16,27 +16,8 @@ from mmalign.generators.base import Cond
 from mmalign.media import Media, VideoBatch
 
 
-class WanGenerator(DiffusersGenerator):
-    family = "wan"
-    modality = "video"
-    pipeline_class = WanPipeline
-    defaults = {"steps": 50, "guidance": 5.0, "num_frames": 81, "fps": 16.0, "height": 480, "width": 832,
-                "max_sequence_length": 512}
-    call_defaults = ("height", "width", "num_frames", "max_sequence_length")
-
-    def _generate(self, prompts: list[str], generators: list[torch.Generator], steps: int, guidance: float,
-                  **kwargs: Any) -> torch.Tensor:
-        return self.pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators,
-                         output_type="pt", **kwargs).frames  # [B, T, 3, H, W]
-
-    def trainable(self) -> "WanAdapter":
-        return WanAdapter(self)
-
-
 class WanAdapter(FlowAdapter):
-    @property
-    def denoiser(self) -> torch.nn.Module:
-        return self.pipe.transformer
+    media_type = VideoBatch
 
     def encode_prompts(self, prompts: Sequence[str]) -> Cond:
         embeds, _ = self.pipe.encode_prompt(list(prompts), do_classifier_free_guidance=False, device=self.device,
@@ -44,8 +25,7 @@ class WanAdapter(FlowAdapter):
         return {"prompt_embeds": embeds}
 
     def encode_media(self, media: Media) -> torch.Tensor:
-        if not isinstance(media, VideoBatch):
-            raise InputError(f"wan encodes videos, got {type(media).__name__}")
+        self._check_media(media)
         frames = media.pixels.shape[1]
         if (frames - 1) % self.pipe.vae_scale_factor_temporal:
             raise InputError(f"wan: videos need 4k+1 frames (the VAE compresses time by "
@@ -64,3 +44,12 @@ class WanAdapter(FlowAdapter):
         t = t.to(noisy.device, self.dtype).expand(noisy.shape[0])
         return self.denoiser(hidden_states=noisy.to(self.dtype), timestep=t,
                              encoder_hidden_states=c["prompt_embeds"]).sample
+
+
+class WanGenerator(DiffusersGenerator, family="wan", modality="video"):
+    pipeline_class = WanPipeline
+    adapter_class = WanAdapter
+    denoiser_name = "transformer"
+    defaults = {"steps": 50, "guidance": 5.0, "num_frames": 81, "fps": 16.0, "height": 480, "width": 832,
+                "max_sequence_length": 512}
+    call_defaults = ("height", "width", "num_frames", "max_sequence_length")

@@ -1,8 +1,10 @@
 """Learned preference scorers for images, videos and audio: ``load_scorer``, ``list_scorers``, ``combine``.
 
-``load_scorer("hpsv2.1")`` reads ``scorers/hpsv2.1.yaml`` (a :class:`ScorerCard`), finds the
-weights (see :mod:`mmalign.scoring.weights` for the lookup order and offline mode) and builds the
-scorer once; every scorer follows :class:`Scorer` (``score``, ``compare``, ``rank``).
+``load_scorer("hpsv2.1")`` reads ``scorers/hpsv2.1.yaml`` (a :class:`ScorerCard`), imports the
+card's ``plugin`` module if it names one, looks its ``architecture.family`` up in
+:data:`~mmalign.scoring.base.SCORER_FAMILIES` and builds the scorer once (the builder finds the
+weights, see :mod:`mmalign.scoring.weights` for the lookup order and offline mode); every scorer
+follows :class:`Scorer` (``score``, ``compare``, ``rank``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from mmalign.errors import ConfigError
-from mmalign.scoring.base import Scorer
+from mmalign.registry import import_plugin
+from mmalign.scoring.base import SCORER_FAMILIES, Scorer, ScorerBuilder
 from mmalign.scoring.card import ScorerCard, list_scorer_cards, read_card
 from mmalign.scoring.combine import CombinedScorer, combine
 
@@ -24,35 +27,18 @@ def list_scorers() -> list[str]:
     return list_scorer_cards()
 
 
-def _build(card: ScorerCard, path: Any, local_files_only: bool | None, kw: dict) -> Scorer:
-    family = card.architecture.family
-    if family == "open_clip":
-        from mmalign.scoring.clip import build_open_clip
+def scorer_builder(card: ScorerCard) -> ScorerBuilder:
+    """The builder of ``card.architecture.family``, after importing the built-in families and the card's plugin."""
+    from mmalign.scoring import clap, clip, judge  # noqa: F401  (they register the built-in families)
 
-        return build_open_clip(card, path, local_files_only, **kw)
-    if family == "hf_clip":
-        from mmalign.scoring.clip import build_hf_clip
-
-        return build_hf_clip(card, path, local_files_only, **kw)
-    if family == "hf_clap":
-        from mmalign.scoring.clap import build_hf_clap
-
-        return build_hf_clap(card, path, local_files_only, **kw)
-    from mmalign.scoring.judge import JudgeScorer, load_qwen_vl
-
-    generate = kw.pop("generate", None)
-    modes = {k: kw.pop(k) for k in ("point_mode", "pair_mode") if k in kw}
-    j = card.judge
-    if generate is None:
-        from mmalign.scoring.base import resolve_device, resolve_dtype
-        from mmalign.scoring.weights import is_offline
-
-        dev = resolve_device(kw.get("device", "auto"))
-        generate = load_qwen_vl(str(path), dev, resolve_dtype(kw.get("dtype"), dev), j.max_new_tokens if j else 512,
-                                local_files_only=True if path is not None else is_offline(local_files_only))
-    opts = {} if j is None else dict(point_template=j.point_template, pair_template=j.pair_template,
-                                      image_size=j.image_size, max_frames=j.max_frames)
-    return JudgeScorer(generate, **opts, **modes, card=card, **kw)
+    where = str(card.source or card.name)
+    if card.plugin:
+        import_plugin(card.plugin, where)
+    try:
+        return SCORER_FAMILIES.get(card.architecture.family)
+    except ConfigError as err:
+        plugin = "" if card.plugin else "; a family from another package needs 'plugin: <module>' in the card"
+        raise ConfigError(f"{where}: architecture.family: {err}{plugin}") from None
 
 
 def load_scorer(name_or_card_path: str | Path, device: str = "auto", dtype: Any = None,
@@ -67,21 +53,20 @@ def load_scorer(name_or_card_path: str | Path, device: str = "auto", dtype: Any 
     if unknown:
         raise ConfigError(f"load_scorer: unknown option(s) {unknown}; valid options are {list(OVERRIDES)}")
     card = read_card(name_or_card_path, tuple(overrides.pop("card_overrides", ())))
-    from mmalign.scoring.weights import resolve_checkpoint
-
-    needs_weights = not (card.architecture.family == "vlm_judge" and "generate" in overrides)
-    path = resolve_checkpoint(card.name, card.checkpoint, local_files_only) if needs_weights else None
+    build = scorer_builder(card)
     learned = card.score.bt_scale == "logit_scale"
     kw = dict(name=card.name, device=device, dtype=dtype, bt_scale=1.0 if learned else card.score.bt_scale,
               video_reduce=card.video.reduce, video_stride=card.video.stride)
     kw.update(overrides)
-    scorer = _build(card, path, local_files_only, kw)
+    scorer = build(card, local_files_only, **kw)
     if learned and "bt_scale" not in overrides:
-        scale = next((getattr(scorer.model, n) for n in ("logit_scale", "logit_scale_a") if hasattr(scorer.model, n)), None)
+        model = getattr(scorer, "model", None)
+        scale = next((getattr(model, n) for n in ("logit_scale", "logit_scale_a") if hasattr(model, n)), None)
         if scale is None:
             raise ConfigError(f"{card.source}: score.bt_scale 'logit_scale' but the model has no logit_scale; give a number")
         scorer.bt_scale = float(scale.detach().exp())
     return scorer
 
 
-__all__ = ["Scorer", "ScorerCard", "CombinedScorer", "load_scorer", "list_scorers", "combine", "read_card"]
+__all__ = ["Scorer", "ScorerCard", "CombinedScorer", "SCORER_FAMILIES", "load_scorer", "list_scorers", "combine",
+           "read_card", "scorer_builder"]

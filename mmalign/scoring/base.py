@@ -4,21 +4,36 @@ Subclasses implement one method, :meth:`Scorer._score_batch` (a chunk of media o
 scorer supports, plus one prompt per item → ``Tensor[b]``). This class does everything else once:
 input checks, prompt broadcasting, batching, progress, ``no_grad`` unless ``differentiable=True``,
 autocast on accelerators and frame aggregation for image scorers given videos (``video.py``).
+
+Scorers are built from cards by *family builders* registered in :data:`SCORER_FAMILIES`::
+
+    @SCORER_FAMILIES.register("my_family")
+    def build_my_family(card: ScorerCard, local_files_only: bool | None = None, **kw) -> Scorer: ...
+
+A builder finds its own weights (``mmalign.scoring.weights.resolve_checkpoint``, if it has any)
+and passes ``kw`` (``name``, ``device``, ``dtype``, ``bt_scale``, ``video_reduce``,
+``video_stride`` and the caller's overrides) on to its :class:`Scorer`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from mmalign.devices import resolve_device, resolve_dtype
 from mmalign.errors import InputError
-from mmalign.devices import resolve_device, resolve_dtype  # noqa: F401  (re-exported)
 from mmalign.media import AudioBatch, ImageBatch, VideoBatch
+from mmalign.registry import Registry
+from mmalign.scoring.card import ScorerCard
 
 Media = ImageBatch | VideoBatch | AudioBatch
+ScorerBuilder = Callable[..., "Scorer"]  # (card, local_files_only=None, **kw) -> Scorer
+
+#: architecture.family of a scorer card -> the function that builds its scorer
+SCORER_FAMILIES: Registry[ScorerBuilder] = Registry("scorer family")
 
 
 def as_media(media: Media | torch.Tensor) -> Media:
@@ -68,7 +83,7 @@ class Scorer:
     native_video: bool = False  # False: videos are scored frame by frame (video.py) by an image scorer
 
     def __init__(self, *, name: str = "scorer", device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
-                 bt_scale: float = 1.0, video_reduce: str = "mean", video_stride: int = 1, card=None):
+                 bt_scale: float = 1.0, video_reduce: str = "mean", video_stride: int = 1, card: ScorerCard | None = None):
         self.name = name
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -143,6 +158,10 @@ class Scorer:
             raise InputError(f"compare: {len(a)} items in a but {len(b)} in b; pair them one to one")
         p = check_prompts(prompts, len(a), a, self.needs_prompts)
         return torch.sigmoid(self.bt_scale * (self.score(a, p, **kw) - self.score(b, p, **kw)))
+
+    def details(self, media: Media | torch.Tensor, prompts: str | Sequence[str] | None = None) -> dict[str, float]:
+        """Named batch-level results beyond ``score`` (an oracle's per-skill accuracies); none by default."""
+        return {}
 
     def rank(self, groups: Sequence[tuple[Media | torch.Tensor, str]], **kw) -> list[torch.Tensor]:
         """For each ``(media, prompt)`` group (k candidates for one prompt): indices best first."""

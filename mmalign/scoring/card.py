@@ -2,8 +2,13 @@
 
 A card says which architecture to build, where its weights come from, how media are
 preprocessed and how the number is computed, so that a score can always be traced back to a
-backbone, a checkpoint and a formula (reference/scorers.md §1, §12 S13 "always record the formula
-and the backbone").
+backbone, a checkpoint and a formula (one "CLIP score" differs from another by a factor of 100, a
+clamp or a weight of 2.5: see :mod:`mmalign.scoring.metrics`).
+
+``architecture.family`` names a builder registered in :data:`mmalign.scoring.base.SCORER_FAMILIES`;
+a card whose family lives outside mmalign's scoring package names the module that registers it
+under ``plugin`` (``plugin: mmalign.synth.scorer``), which :func:`mmalign.scoring.load_scorer`
+imports before the lookup.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ class CheckpointSpec(_Strict):
     ``source``: ``hub`` (Hugging Face ``repo_id`` + optional ``filename``; no filename = the whole
     repository, as ``from_pretrained`` reads it), ``url`` (a direct download of ``filename``),
     ``local`` (``path``, a file or folder), ``shipped`` (``path`` under ``assets/``) or ``none``
-    (random weights: only for tests and benchmarks).
+    (nothing to load: random weights for tests and benchmarks, or a scorer without weights such as
+    an exact oracle; write ``checkpoint: {source: none}``).
     """
 
     source: Literal["hub", "url", "local", "shipped", "none"]
@@ -44,13 +50,14 @@ class CheckpointSpec(_Strict):
 class ArchitectureSpec(_Strict):
     """What to build.
 
-    ``family``: ``open_clip`` (``model`` = open_clip architecture name), ``hf_clip`` (transformers
-    CLIPModel), ``hf_clap`` (transformers ClapModel), ``vlm_judge`` (a transformers VLM).
-    ``tokenizer``: ``open_clip`` (the architecture's own), ``word`` (the synth word tokenizer saved
-    next to the weights) or a hub id of a transformers tokenizer/processor.
+    ``family``: a registered scorer family; built in: ``open_clip`` (``model`` = open_clip
+    architecture name), ``hf_clip`` (transformers CLIPModel), ``hf_clap`` (transformers ClapModel),
+    ``vlm_judge`` (a transformers VLM); others come from the card's ``plugin`` module.
+    ``tokenizer``: ``open_clip`` (the architecture's own), ``word`` (a :class:`WordTokenizer` saved
+    as ``tokenizer.json`` next to the weights) or a hub id of a transformers tokenizer/processor.
     """
 
-    family: Literal["open_clip", "hf_clip", "hf_clap", "vlm_judge"]
+    family: str
     model: str
     tokenizer: str = "open_clip"
     processor: str | None = None
@@ -59,7 +66,9 @@ class ArchitectureSpec(_Strict):
 
 
 class PreprocessSpec(_Strict):
-    """Tensor preprocessing of media before the encoder (reference/scorers.md §2.3, §4, §7)."""
+    """Tensor preprocessing of media before the encoder: HPS v2's letterbox
+    (tgxs002/HPSv2@866735e ``hpsv2/src/open_clip/transform.py::ResizeMaxSize``), the CLIP centre
+    crop (PickScore, LAION aesthetic), CLAP's log-mel or a VLM's own processor."""
 
     kind: Literal["letterbox", "center_crop", "clap_mel", "vlm_processor"]
     size: int = 224
@@ -73,16 +82,18 @@ class PreprocessSpec(_Strict):
 class ScoreSpec(_Strict):
     """How the number is computed.
 
-    ``formula``: ``cosine`` (raw cos of L2-normalised embeddings; HPS v2 §2.4, Social Reward §5,
-    ImageReward's CLIPScore §3.4), ``scaled_cosine`` (exp(logit_scale)·cos, PickScore §4),
-    ``100cosine`` (torchmetrics' per-sample CLIP score, S13), ``aesthetic_mlp`` (MLP on the
-    L2-normalised image embedding, §7), ``judge`` (parsed VLM output, §6).
+    ``formula``: ``cosine`` (raw cos of L2-normalised embeddings: HPS v2 ``img_score.py::score``,
+    Social Reward ``validate.py``, ImageReward's ``CLIPScore``), ``scaled_cosine``
+    (exp(logit_scale)·cos, PickScore ``infer_example``), ``100cosine`` (torchmetrics' per-sample
+    CLIP score), ``aesthetic_mlp`` (MLP on the L2-normalised image embedding, LAION
+    improved-aesthetic-predictor ``simple_inference.py``), ``judge`` (parsed VLM output,
+    UnifiedReward), ``oracle`` (an exact check against known ground truth, as the synthetic world's).
     ``bt_scale``: β of the Bradley-Terry probability P(a ≻ b) = σ(β·(s_a − s_b)) used by ``compare``;
     ``logit_scale`` = the checkpoint's own exp(logit_scale), i.e. the pairwise probability the model
     was trained with (HPS v2, PickScore-style cross-entropy over two images).
     """
 
-    formula: Literal["cosine", "scaled_cosine", "100cosine", "aesthetic_mlp", "judge"]
+    formula: Literal["cosine", "scaled_cosine", "100cosine", "aesthetic_mlp", "judge", "oracle"]
     bt_scale: float | Literal["logit_scale"] = 1.0
     range: str | None = None
     description: str = ""
@@ -96,7 +107,8 @@ class VideoSpec(_Strict):
 
 
 class JudgeSpec(_Strict):
-    """VLM-judge options (reference/scorers.md §6.2, S16)."""
+    """VLM-judge options: the prompt templates and parsing of CodeGoat24/UnifiedReward@ff6f520
+    ``inference_qwen/image_generation/`` (see :mod:`mmalign.scoring.judge`)."""
 
     point_template: Literal["point_1_5", "point_1_10"] = "point_1_5"
     pair_template: Literal["pair_qwen", "pair_llava"] = "pair_qwen"
@@ -106,14 +118,19 @@ class JudgeSpec(_Strict):
 
 
 class ScorerCard(Card):
-    """One scorer, as shipped in ``scorers/<name>.yaml``."""
+    """One scorer, as shipped in ``scorers/<name>.yaml``.
+
+    ``plugin``: a module imported before ``architecture.family`` is looked up (it registers that
+    family). ``preprocessing`` may be left out by scorers that read media as they are.
+    """
 
     name: str
     description: str
+    plugin: str | None = None
     architecture: ArchitectureSpec
     checkpoint: CheckpointSpec
     head_checkpoint: CheckpointSpec | None = None
-    preprocessing: PreprocessSpec
+    preprocessing: PreprocessSpec | None = None
     score: ScoreSpec
     modalities: tuple[Literal["image", "video", "audio"], ...]
     license: str

@@ -24,10 +24,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmalign.errors import InputError
+from mmalign.errors import ConfigError, InputError
 from mmalign.media import AudioBatch
-from mmalign.scoring.base import Scorer
+from mmalign.scoring.base import SCORER_FAMILIES, Scorer
 from mmalign.scoring.card import ScorerCard
+from mmalign.scoring.tokenizer import word_tokenizer_beside
+from mmalign.scoring.weights import is_offline, resolve_checkpoint
 
 
 def resample(samples: torch.Tensor, rate: int, target: int) -> torch.Tensor:
@@ -137,24 +139,22 @@ class ClapScorer(Scorer):
         return cos if self.formula == "cosine" else self.model.logit_scale_a.exp().float() * cos
 
 
-def build_hf_clap(card: ScorerCard, path: Path | str | None, local_files_only: bool | None = None, **kw) -> ClapScorer:
+@SCORER_FAMILIES.register("hf_clap")
+def build_hf_clap(card: ScorerCard, local_files_only: bool | None = None, **kw) -> ClapScorer:
     """laion CLAP checkpoints (``ClapModel`` + ``ClapProcessor``) or a shipped synth-clap folder."""
     from transformers import AutoProcessor, ClapFeatureExtractor, ClapModel
 
-    from mmalign.scoring.weights import is_offline
-
     offline = is_offline(local_files_only)
+    path = resolve_checkpoint(card.name, card.checkpoint, local_files_only)
     if path is None:
-        raise InputError(f"scorer {card.name!r}: CLAP scorers need weights (checkpoint.source 'none' is not supported)")
+        raise ConfigError(f"scorer {card.name!r}: CLAP scorers need weights (checkpoint.source 'none' is not supported)")
     folder = Path(path)
     try:
         model = ClapModel.from_pretrained(str(folder), local_files_only=offline)
     except OSError as exc:
         raise InputError(f"scorer {card.name!r}: cannot load ClapModel from {folder}: {exc}") from exc
     if card.architecture.tokenizer == "word":
-        from mmalign.scoring.clip import _word_tokenizer
-
-        tokenizer = _word_tokenizer(folder, card).hf
+        tokenizer = word_tokenizer_beside(folder, card.name).hf
         fe = ClapFeatureExtractor.from_pretrained(str(folder), local_files_only=True)
     else:
         proc = AutoProcessor.from_pretrained(card.architecture.processor or str(folder), local_files_only=offline)

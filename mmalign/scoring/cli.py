@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from mmalign.data.prompts import read_prompts
 from mmalign.errors import ConfigError, InputError
 from mmalign.fileio import atomic_write_jsonl
 
@@ -19,13 +20,14 @@ _FILE_KEYS = ("file", "path", "media", "image", "video", "audio")
 def _read_manifest(path: Path) -> dict[str, str]:
     """``{file name: prompt}`` from a JSONL manifest (keys ``file``/``path``… and ``prompt``/``caption``)."""
     out = {}
-    for i, line in enumerate(path.read_text().splitlines(), start=1):
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise InputError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+        row = row if isinstance(row, dict) else {}
         f = next((row[k] for k in _FILE_KEYS if k in row), None)
         p = next((row[k] for k in _PROMPT_KEYS if k in row), None)
         if not isinstance(f, str) or not isinstance(p, str):
@@ -51,7 +53,7 @@ def prompts_for(files: list[Path], every: list[Path], media_dir: Path, prompts_f
         if missing:
             raise InputError(f"{prompts_file}: no prompt for {missing[:5]}{' …' if len(missing) > 5 else ''}")
         return [table[f.name] for f in files]
-    lines = [ln.strip() for ln in prompts_file.read_text().splitlines() if ln.strip()]
+    lines = read_prompts(prompts_file)
     if len(lines) != len(every):
         raise InputError(f"{prompts_file}: {len(lines)} prompts for {len(every)} media files in {media_dir}; give one line per file (sorted by name)")
     table = dict(zip(sorted(every), lines))
@@ -115,9 +117,11 @@ def register(app: typer.Typer) -> None:
     @app.command("train-scorer")
     def train_cmd(
         base: str = typer.Option(..., "--base", help="Card of the open_clip-family scorer to start from (e.g. synth-hps)."),
-        data: Path = typer.Option(..., "--data", help="Pairs: Pick-a-Pic parquet (jpg_0, jpg_1, label_0, caption) or JSONL {prompt, a, b, label}."),
+        data: Path = typer.Option(..., "--data", help="Preference data as `mmalign pairs` writes it: pairs.jsonl {prompt, chosen, rejected, label}, "
+                                  "rankings.jsonl {prompt, items, scores} (every ranked pair), its folder, or Pick-a-Pic parquet."),
         out: Path = typer.Option(..., "--out", help="Output folder (weights, config, card.yaml, report)."),
-        eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Held-out pairs (same formats)."),
+        eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Held-out preference data (same formats)."),
+        resolution: Optional[int] = typer.Option(None, "--resolution", help="Resize and centre-crop images to N×N (needed when their sizes differ)."),
         steps: int = typer.Option(500, "--steps"),
         batch_size: int = typer.Option(32, "--batch-size"),
         lr: float = typer.Option(1e-4, "--lr"),
@@ -126,14 +130,14 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet"),
     ) -> None:
         """HPS-style training (cross-entropy over a prompt's images, soft labels, ties = 0.5)."""
-        from mmalign.scoring.train import evaluate_pairs, read_pairs, save_trained, train_scorer
         from mmalign.scoring import load_scorer
+        from mmalign.scoring.train import evaluate_pairs, read_pair_set, save_trained, train_scorer
 
+        pairs = read_pair_set(data, resolution=resolution)
+        held = read_pair_set(eval_data, resolution=resolution) if eval_data else None
         scorer = load_scorer(base, device=device)
         if scorer.card is None or scorer.card.architecture.family != "open_clip":
             raise ConfigError(f"train-scorer: {base!r} is not an open_clip-family scorer; start from e.g. synth-hps or hpsv2.1")
-        pairs = read_pairs(data)
-        held = read_pairs(eval_data) if eval_data else None
         train_scorer(scorer, pairs, steps=steps, batch_size=batch_size, lr=lr, seed=seed, progress=not quiet,
                      log=typer.echo, log_every=max(1, steps // 10))
         report = {"train_pairs": len(pairs), "steps": steps, **(evaluate_pairs(scorer, held) if held else {})}

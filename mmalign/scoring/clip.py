@@ -1,22 +1,25 @@
 """CLIP-family scorers: HPS v2/v2.1, PickScore, Social Reward, CLIP score, LAION aesthetic, synth-hps.
 
 One class, :class:`ClipScorer`, holds a dual encoder (open_clip ``CLIP`` or transformers
-``CLIPModel``), its tokenizer, its tensor preprocessing and a formula (reference/scorers.md):
+``CLIPModel``), its tokenizer, its tensor preprocessing and a formula:
 
-* ``cosine`` — cos(f_img, f_txt) of L2-normalised features; HPS v2 ``score()`` (§2.4, S1: no
-  logit scale, no ×100), Social Reward (§5), ImageReward's CLIPScore (§3.4);
-* ``scaled_cosine`` — exp(logit_scale)·cos; PickScore (§4, S10); :meth:`ClipScorer.probs` gives
-  the softmax over one prompt's images;
-* ``100cosine`` — torchmetrics' per-sample CLIP score (S13; the clamp at 0 happens *after*
+* ``cosine`` — cos(f_img, f_txt) of L2-normalised features, no logit scale and no ×100: HPS v2
+  (tgxs002/HPSv2@866735e ``hpsv2/img_score.py::score``), Social Reward
+  (Picsart-AI-Research/Social-Reward@31ccd0e ``validate.py``), ImageReward's CLIPScore
+  (THUDM/ImageReward@c1392c6 ``ImageReward/models/CLIPScore.py``);
+* ``scaled_cosine`` — exp(logit_scale)·cos: PickScore (yuvalkirstain/PickScore@f79607f
+  ``trainer/scripts/eval_preference_predictor.py::infer_example``); :meth:`ClipScorer.probs`
+  gives the softmax over one prompt's images;
+* ``100cosine`` — torchmetrics' per-sample CLIP score (the clamp at 0 happens *after*
   averaging, see :func:`mmalign.scoring.metrics.clip_score_torchmetrics`);
 * ``aesthetic_mlp`` — the LAION improved-aesthetic head on the **L2-normalised** image embedding
-  (§7, S11); prompts are not used.
+  (christophschuhmann/improved-aesthetic-predictor@6934dd8 ``simple_inference.py``); prompts
+  are not used.
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -24,19 +27,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmalign.errors import InputError
+from mmalign.errors import ConfigError, InputError
 from mmalign.media import ImageBatch
-from mmalign.scoring.base import Scorer, as_media, check_prompts
+from mmalign.scoring.base import SCORER_FAMILIES, Scorer, as_media, check_prompts
 from mmalign.scoring.card import ScorerCard
 from mmalign.scoring.preprocess import ImagePreprocess
-from mmalign.scoring.tokenizer import WordTokenizer
-from mmalign.scoring.weights import load_state_dict
+from mmalign.scoring.tokenizer import word_tokenizer_beside
+from mmalign.scoring.weights import is_offline, load_state_dict, resolve_checkpoint
 
 FORMULAS = ("cosine", "scaled_cosine", "100cosine", "aesthetic_mlp")
 
 
 class AestheticMLP(nn.Module):
-    """LAION improved-aesthetic-predictor head (§7): 768→1024→128→64→16→1, dropouts, **no activations**."""
+    """LAION improved-aesthetic-predictor head (``simple_inference.py::MLP``): 768→1024→128→64→16→1,
+    dropouts, **no activations**."""
 
     def __init__(self, input_size: int = 768):
         super().__init__()
@@ -50,7 +54,8 @@ class AestheticMLP(nn.Module):
 
 
 def aesthetic_score(embedding: torch.Tensor, head: nn.Module, normalize: bool = True) -> torch.Tensor:
-    """mlp(f / ‖f‖₂) → ``[B]`` (S11). ``normalize=False`` reproduces the known failure (scores of 20–30)."""
+    """mlp(f / ‖f‖₂) → ``[B]``. ``normalize=False`` reproduces the known failure of feeding the raw
+    embedding (scores of 20–30 instead of ≈1–10)."""
     x = F.normalize(embedding.float(), dim=-1) if normalize else embedding.float()
     return head(x).squeeze(-1)
 
@@ -122,7 +127,7 @@ class ClipScorer(Scorer):
         return self.logit_scale.float() * cos
 
     def probs(self, media: ImageBatch | torch.Tensor, prompt: str, **kw) -> torch.Tensor:
-        """PickScore probabilities: softmax of the scores of one prompt's images (sums to 1, S10)."""
+        """PickScore probabilities: softmax of the scores of one prompt's images (sums to 1)."""
         media = as_media(media)
         check_prompts(prompt, len(media))
         return torch.softmax(self.score(media, prompt, **kw), dim=0)
@@ -130,32 +135,39 @@ class ClipScorer(Scorer):
 
 # -- building from a card ----------------------------------------------------------------------------
 def register_open_clip_config(name: str, model_cfg: dict) -> str:
-    """Register an architecture config with open_clip (``open_clip.add_model_config``) under ``name``."""
-    import open_clip
+    """Make ``open_clip.create_model(name)`` build ``model_cfg``; returns ``name``.
 
-    if name in open_clip.list_models():
-        return name
-    folder = Path(tempfile.mkdtemp(prefix="mmalign_open_clip_"))
-    (folder / f"{name}.json").write_text(json.dumps(model_cfg))
-    open_clip.add_model_config(folder)
+    open_clip keeps its architectures in one process-wide table, ``open_clip.factory._MODEL_CONFIGS``
+    (filled from JSON files; ``add_model_config`` would need a folder on disk and rescans it). The
+    config goes into that table directly, and only under a name that is free or already holds the
+    same config: a different config under a known name is a ConfigError, never first-wins.
+    """
+    from open_clip import factory
+
+    cfg = json.loads(json.dumps(model_cfg))  # plain dicts and lists, as open_clip reads its JSON files
+    known = factory._MODEL_CONFIGS.get(name)
+    if known is None:
+        factory._MODEL_CONFIGS[name] = cfg
+    elif known != cfg:
+        raise ConfigError(f"open_clip already has an architecture named {name!r} with another config "
+                          f"({json.dumps(known, sort_keys=True)[:200]}...); give architecture.model a new name")
     return name
 
 
-def _word_tokenizer(folder: Path | None, card: ScorerCard) -> WordTokenizer:
-    path = None if folder is None else (folder if folder.is_dir() else folder.parent) / "tokenizer.json"
-    if path is None or not path.exists():
-        raise InputError(f"scorer {card.name!r}: tokenizer 'word' needs tokenizer.json next to the weights (looked at {path})")
-    return WordTokenizer.load(path)
+def _image_preprocess(card: ScorerCard) -> ImagePreprocess:
+    spec = card.preprocessing
+    if spec is None or spec.kind not in ("letterbox", "center_crop"):
+        raise ConfigError(f"{card.source or card.name}: preprocessing.kind must be 'letterbox' or 'center_crop' for "
+                          f"family {card.architecture.family!r}, got {None if spec is None else spec.kind!r}")
+    return ImagePreprocess.from_spec(spec)
 
 
 def _load_head(card: ScorerCard, local_files_only: bool | None) -> nn.Module | None:
     if card.architecture.head == "none":
         return None
-    from mmalign.scoring.weights import resolve_checkpoint
-
     head = AestheticMLP(int((card.architecture.config or {}).get("head_input", 768)))
     if card.head_checkpoint is None:
-        raise InputError(f"scorer {card.name!r}: head {card.architecture.head!r} needs head_checkpoint in the card")
+        raise ConfigError(f"scorer {card.name!r}: head {card.architecture.head!r} needs head_checkpoint in the card")
     path = resolve_checkpoint(card.name, card.head_checkpoint, local_files_only)
     if path is not None:
         sd = load_state_dict(path, card.head_checkpoint.state_dict_key)
@@ -163,11 +175,13 @@ def _load_head(card: ScorerCard, local_files_only: bool | None) -> nn.Module | N
     return head
 
 
-def build_open_clip(card: ScorerCard, path: Path | None, local_files_only: bool | None = None, **kw) -> ClipScorer:
+@SCORER_FAMILIES.register("open_clip")
+def build_open_clip(card: ScorerCard, local_files_only: bool | None = None, **kw) -> ClipScorer:
     """HPS v2/v2.1, Social Reward, CLIP score, LAION aesthetic and synth-hps (open_clip architecture)."""
     import open_clip
 
     arch = card.architecture
+    path = resolve_checkpoint(card.name, card.checkpoint, local_files_only)
     folder_cfg = None if path is None or not Path(path).is_dir() else Path(path) / "open_clip_config.json"
     if folder_cfg is not None and folder_cfg.exists():
         model = open_clip.create_model(f"local-dir:{path}")
@@ -175,8 +189,8 @@ def build_open_clip(card: ScorerCard, path: Path | None, local_files_only: bool 
         if arch.config is not None:
             register_open_clip_config(arch.model, {k: v for k, v in arch.config.items() if k != "head_input"})
         if arch.model not in open_clip.list_models():
-            raise InputError(f"scorer {card.name!r}: open_clip has no architecture {arch.model!r}; "
-                             "give architecture.config or a known name (open_clip.list_models())")
+            raise ConfigError(f"scorer {card.name!r}: open_clip has no architecture {arch.model!r}; "
+                              "give architecture.config or a known name (open_clip.list_models())")
         model = open_clip.create_model(arch.model, pretrained=None)
         if path is not None:
             sd = load_state_dict(Path(path), card.checkpoint.state_dict_key)
@@ -184,23 +198,23 @@ def build_open_clip(card: ScorerCard, path: Path | None, local_files_only: bool 
                 model.load_state_dict(sd, strict=True)
             except RuntimeError as exc:
                 raise InputError(f"scorer {card.name!r}: checkpoint {path} does not fit {arch.model}: {str(exc)[:300]}") from exc
-    tokenizer = (_word_tokenizer(Path(path) if path else None, card) if arch.tokenizer == "word"
+    tokenizer = (word_tokenizer_beside(Path(path) if path else None, card.name) if arch.tokenizer == "word"
                  else open_clip.get_tokenizer(arch.model if arch.tokenizer == "open_clip" else arch.tokenizer))
-    return ClipScorer(model, tokenizer, ImagePreprocess.from_spec(card.preprocessing), backend="open_clip",
+    return ClipScorer(model, tokenizer, _image_preprocess(card), backend="open_clip",
                       formula=card.score.formula, head=_load_head(card, local_files_only), card=card, **kw)
 
 
-def build_hf_clip(card: ScorerCard, path: Path | str | None, local_files_only: bool | None = None, **kw) -> ClipScorer:
+@SCORER_FAMILIES.register("hf_clip")
+def build_hf_clip(card: ScorerCard, local_files_only: bool | None = None, **kw) -> ClipScorer:
     """PickScore (transformers ``CLIPModel``; the processor's tokenizer, tensor image preprocessing)."""
     from transformers import AutoTokenizer, CLIPConfig, CLIPModel
 
-    from mmalign.scoring.weights import is_offline
-
     arch = card.architecture
     offline = is_offline(local_files_only)
+    path = resolve_checkpoint(card.name, card.checkpoint, local_files_only)
     if path is None:
         if arch.config is None:
-            raise InputError(f"scorer {card.name!r}: no weights and no architecture.config to build a random model from")
+            raise ConfigError(f"scorer {card.name!r}: no weights and no architecture.config to build a random model from")
         model = CLIPModel(CLIPConfig(**arch.config))
     else:
         try:
@@ -208,8 +222,7 @@ def build_hf_clip(card: ScorerCard, path: Path | str | None, local_files_only: b
         except OSError as exc:
             raise InputError(f"scorer {card.name!r}: cannot load CLIPModel from {path}: {exc}") from exc
     if arch.tokenizer == "word":
-        word = _word_tokenizer(Path(path) if path else None, card)
-        tokenizer = word.hf
+        tokenizer = word_tokenizer_beside(Path(path) if path else None, card.name).hf
     else:
         try:
             hf_tok = AutoTokenizer.from_pretrained(arch.tokenizer, local_files_only=offline)
@@ -219,5 +232,5 @@ def build_hf_clip(card: ScorerCard, path: Path | str | None, local_files_only: b
 
         def tokenizer(texts):
             return hf_tok(list(texts), padding=True, truncation=True, max_length=77, return_tensors="pt")
-    return ClipScorer(model, tokenizer, ImagePreprocess.from_spec(card.preprocessing), backend="hf",
+    return ClipScorer(model, tokenizer, _image_preprocess(card), backend="hf",
                       formula=card.score.formula, head=_load_head(card, local_files_only), card=card, **kw)

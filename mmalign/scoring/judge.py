@@ -1,7 +1,8 @@
 """VLM judge in the UnifiedReward style: pairwise and pointwise judgments parsed from text.
 
-Prompts follow reference/scorers.md §6.2 (the criteria sentences are elided there and written in
-our own words here). Parsing follows S16 with mmalign's rules by default:
+Prompts follow the structure of CodeGoat24/UnifiedReward@ff6f520 ``inference_qwen/image_generation/``
+(pairwise rank and pointwise score instructions; the criteria sentences are written in our own
+words here). Parsing uses mmalign's rules by default:
 
 * numbers are compared as **numbers** ("10" > "9"), never as strings;
 * an output that does not parse gives **NaN with** ``parsed=False`` — never a crash, never a
@@ -24,9 +25,11 @@ from typing import Callable, Sequence
 
 import torch
 
-from mmalign.errors import InputError
+from mmalign.errors import ConfigError, InputError
 from mmalign.media import ImageBatch, VideoBatch
-from mmalign.scoring.base import Scorer, as_media, check_prompts
+from mmalign.scoring.base import SCORER_FAMILIES, Scorer, as_media, check_prompts, resolve_device, resolve_dtype
+from mmalign.scoring.card import JudgeSpec, ScorerCard
+from mmalign.scoring.weights import resolve_checkpoint
 
 Generate = Callable[[str, list], str]
 
@@ -63,7 +66,8 @@ PARSE_MODES = ("strict", "unifiedreward", "flow_grpo")
 def build_pair_prompt(prompt: str, template: str = "pair_qwen", media: str = "image") -> str:
     """The pairwise-rank instruction for two images (or videos) of ``prompt``.
 
-    The LLaVA variant starts with the two image placeholders ``'<image>\\n <image>\\n'`` (§6.2).
+    The LLaVA variant starts with the two image placeholders ``'<image>\\n <image>\\n'``, as
+    UnifiedReward's LLaVA inference scripts do.
     """
     if template not in _CONCLUSIONS:
         raise InputError(f"unknown pair template {template!r}; use one of {PAIR_TEMPLATES}")
@@ -93,7 +97,7 @@ _NUMBER = r"[-+]?\d+(?:\.\d+)?"
 
 
 def parse_point_score(text: str, mode: str = "strict") -> Judgment:
-    """The score after the last "Final Score:" (S16); see the module docstring for the modes."""
+    """The score after the last "Final Score:"; see the module docstring for the modes."""
     if mode not in PARSE_MODES:
         raise InputError(f"unknown parse mode {mode!r}; use one of {PARSE_MODES}")
     if mode == "flow_grpo":
@@ -197,7 +201,7 @@ class JudgeScorer(Scorer):
 
     def compare(self, a, b, prompts=None, *, swap: bool = False, **kw) -> torch.Tensor:
         """P(a ≻ b) per pair from the pairwise prompt. ``swap=True`` also asks with the order reversed
-        and averages P(a≻b) and 1 − P(b≻a) (position-bias check, UnifiedReward #83); NaN if either is unparsed."""
+        and averages P(a≻b) and 1 − P(b≻a) (cancels the judge's position bias); NaN if either is unparsed."""
         a, b = as_media(a), as_media(b)
         if len(a) != len(b) or a.modality != b.modality:
             raise InputError(f"compare: a has {len(a)} {a.modality} items, b has {len(b)} {b.modality}; pair like with like")
@@ -239,3 +243,19 @@ def load_qwen_vl(path: str, device: torch.device | str = "cpu", dtype: torch.dty
         return processor.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
 
     return generate
+
+
+@SCORER_FAMILIES.register("vlm_judge")
+def build_vlm_judge(card: ScorerCard, local_files_only: bool | None = None, *, generate: Generate | None = None,
+                    **kw) -> JudgeScorer:
+    """A :class:`JudgeScorer` over ``generate`` or, without it, over the card's Qwen-VL checkpoint."""
+    j = card.judge or JudgeSpec()
+    if generate is None:
+        path = resolve_checkpoint(card.name, card.checkpoint, local_files_only)
+        if path is None:
+            raise ConfigError(f"scorer {card.name!r}: a VLM judge needs weights (checkpoint) or a generate= function")
+        dev = resolve_device(kw.get("device", "auto"))
+        generate = load_qwen_vl(str(path), dev, resolve_dtype(kw.get("dtype"), dev), j.max_new_tokens,
+                                local_files_only=True)
+    return JudgeScorer(generate, point_template=j.point_template, pair_template=j.pair_template,
+                       image_size=j.image_size, max_frames=j.max_frames, card=card, **kw)

@@ -1,4 +1,4 @@
-"""Training objectives of preference scorers (reference/scorers.md §2.6, §4, §5)."""
+"""Training objectives of preference scorers: HPS v2 / PickScore cross-entropy, Social Reward triplet loss."""
 
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ def preference_cross_entropy(logits: torch.Tensor, target: torch.Tensor, tie_off
 
 
 def social_reward_triplet_loss(text: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, margin: float = 0.3) -> torch.Tensor:
-    """Social Reward ``TripletLoss`` (§5): mean(relu(d(t, pos) − d(t, neg) + margin)), d = squared
-    Euclidean distance of L2-normalised features (= 2 − 2·cos), prompt embedding as anchor (S15)."""
+    """Social Reward ``TripletLoss`` (Picsart-AI-Research/Social-Reward@31ccd0e): mean(relu(d(t, pos) −
+    d(t, neg) + margin)), d = squared Euclidean distance of L2-normalised features (= 2 − 2·cos),
+    prompt embedding as anchor."""
     t, p, n = (F.normalize(x.float(), dim=-1) for x in (text, pos, neg))
     d_pos = (t - p).pow(2).sum(-1)
     d_neg = (t - n).pow(2).sum(-1)
@@ -38,4 +39,4 @@ def pair_targets(labels: torch.Tensor) -> torch.Tensor:
     return torch.stack([labels, 1.0 - labels], dim=1)
 
 
-LN_100 = math.log(100.0)  # HPS v2 clamps logit_scale to [0, ln 100] during training (§2.4)
+LN_100 = math.log(100.0)  # HPS v2 clamps logit_scale to [0, ln 100] during training (tgxs002/HPSv2@866735e train.py)

@@ -1,11 +1,14 @@
-"""Scorer-accuracy metrics and score conventions, each under its own name (reference/scorers.md S14).
+"""Scorer-accuracy metrics and score conventions, each under its own name (they are not interchangeable).
 
-* :func:`inversion_score` / :func:`hpdv2_accuracy` — HPD v2 (HPSv2 ``train.py::inversion_score``):
-  per prompt 1 − discordant/(n(n−1)/2), **mean over prompts** (S7), not pooled;
+* :func:`inversion_score` / :func:`hpdv2_accuracy` — HPD v2 (tgxs002/HPSv2@866735e
+  ``train.py::inversion_score``): per prompt 1 − discordant/(n(n−1)/2), **mean over prompts**,
+  not pooled;
 * :func:`pooled_pairwise_accuracy` — ImageReward-test convention: pooled over non-tied ground-truth
   pairs, predicted ties count as wrong;
-* :func:`pickscore_credit` — Pick-a-Pic: 1 exact, 0.5 if either side is a tie, 0 otherwise (S10);
-* CLIP-score aggregations of S13 (torchmetrics clamps *after* averaging).
+* :func:`pickscore_credit` — Pick-a-Pic (Kirstain et al. 2023, eval protocol): 1 exact, 0.5 if
+  either side is a tie, 0 otherwise;
+* CLIP-score aggregations: torchmetrics' ``CLIPScore`` clamps *after* averaging, pyiqa's
+  ``clipscore`` is Hessel et al. 2021's w·max(cos, 0) per image.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ def inversion_score(pred: Sequence[float], gt_rank: Sequence[float]) -> float:
 
 
 def hpdv2_accuracy(preds: Sequence[Sequence[float]], gt_ranks: Sequence[Sequence[float]]) -> float:
-    """HPD v2 "ranking_acc": mean over prompts of :func:`inversion_score` (S7)."""
+    """HPD v2 "ranking_acc": mean over prompts of :func:`inversion_score`."""
     if len(preds) != len(gt_ranks) or not preds:
         raise InputError(f"hpdv2_accuracy: {len(preds)} prediction groups vs {len(gt_ranks)} rank groups")
     return sum(inversion_score(p, g) for p, g in zip(preds, gt_ranks)) / len(preds)
@@ -60,15 +63,15 @@ def pickscore_credit(p_a: torch.Tensor, label: torch.Tensor, threshold: float = 
 
 
 def clip_score_torchmetrics(cos: torch.Tensor) -> torch.Tensor:
-    """torchmetrics ``CLIPScore``: max(mean(100·cos), 0) — clamp **after** averaging (S13)."""
+    """torchmetrics ``CLIPScore``: max(mean(100·cos), 0) — clamp **after** averaging."""
     return (100.0 * cos.float()).mean().clamp(min=0.0)
 
 
 def clip_score_clamped_mean(cos: torch.Tensor) -> torch.Tensor:
-    """Clamp per sample, then average: mean(max(100·cos, 0)) (S13; *not* torchmetrics)."""
+    """Clamp per sample, then average: mean(max(100·cos, 0)) (*not* torchmetrics)."""
     return (100.0 * cos.float()).clamp(min=0.0).mean()
 
 
 def clip_score_pyiqa(cos: torch.Tensor, w: float = 2.5) -> torch.Tensor:
-    """pyiqa per image: w·relu(cos) with prefix "A photo depicts" and ViT-B/32 (S13)."""
+    """pyiqa per image: w·relu(cos) with prefix "A photo depicts" and ViT-B/32 (CLIPScore, Hessel et al. 2021)."""
     return w * torch.relu(cos.float())

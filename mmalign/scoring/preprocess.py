@@ -1,16 +1,18 @@
 """Tensor preprocessing of images for CLIP-family scorers (differentiable end to end).
 
-* :func:`letterbox` — HPS v2/v2.1's val transform (reference/scorers.md §2.3): bicubic resize of
+* :func:`letterbox` — HPS v2/v2.1's val transform (tgxs002/HPSv2@866735e
+  ``hpsv2/src/open_clip/transform.py``: ``ResizeMaxSize`` then ``Normalize``): bicubic resize of
   the long side to ``size`` on the tensor, zero padding to ``size``×``size`` *before* Normalize, so
   padded pixels become −mean/std. One deliberate difference: when the long side already equals
   ``size`` upstream does nothing at all (a non-square image then crashes the ViT); we still pad.
 * :func:`center_crop` — OpenAI ``clip.load`` / HF CLIPImageProcessor style: resize the short side
-  to ``size`` (bicubic), centre crop. The reference runs this on PIL images; on tensors the values
-  differ slightly (reference/scorers.md S17 gives the tolerances such ports reach).
+  to ``size`` (bicubic), centre crop. Upstream runs this on PIL images; on tensors the values
+  differ slightly (tensor ports such as imscore report 0.2–0.4% mean relative error).
 
 Inputs are ``[B, 3, H, W]`` floats in [0, 1] (ToTensor already applied). Torchvision ≥ 0.17
-semantics: the tensor resize uses ``antialias=True`` unless the card says otherwise (S4); this
-install uses torch's ``interpolate`` which is what torchvision's tensor ``resize`` calls.
+semantics: the tensor resize uses ``antialias=True`` unless the card says otherwise (on ≤ 0.16 the
+tensor default was False); this uses torch's ``interpolate``, which torchvision's tensor
+``resize`` calls.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from mmalign.scoring.card import PreprocessSpec
 
 
 def letterbox_geometry(h: int, w: int, size: int = 224) -> tuple[int, int, tuple[int, int, int, int]]:
-    """(h′, w′, (left, top, right, bottom)) of HPS's ``ResizeMaxSize`` (§2.3, table S3).
+    """(h′, w′, (left, top, right, bottom)) of HPS's ``ResizeMaxSize``.
 
     scale = size / max(h, w); h′, w′ use Python ``round``; left = ⌊pad_w/2⌋, top = ⌊pad_h/2⌋.
     """

@@ -16,6 +16,8 @@ from typing import Sequence
 
 import torch
 
+from mmalign.errors import InputError
+
 _WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
 
 
@@ -60,3 +62,11 @@ class WordTokenizer:
     @classmethod
     def load(cls, path: str | Path) -> "WordTokenizer":
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def word_tokenizer_beside(weights: Path | None, scorer: str) -> WordTokenizer:
+    """The ``tokenizer.json`` saved next to a scorer's weights (in the folder, or beside the file)."""
+    path = None if weights is None else (weights if weights.is_dir() else weights.parent) / "tokenizer.json"
+    if path is None or not path.exists():
+        raise InputError(f"scorer {scorer!r}: tokenizer 'word' needs tokenizer.json next to the weights (looked at {path})")
+    return WordTokenizer.load(path)

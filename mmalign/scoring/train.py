@@ -1,31 +1,36 @@
 """HPS-style training and pairwise evaluation of CLIP-family (and CLAP) scorers.
 
-Training (reference/scorers.md §2.6, §4): for each prompt, the logits of its candidates are
-exp(logit_scale)·cos(image, prompt); the loss is the cross-entropy of the softmax over the
-prompt's candidates against soft labels — a pair gives (1, 0), (0, 1) or (0.5, 0.5) for a tie
-(:func:`mmalign.scoring.losses.preference_cross_entropy`). Rankings are expanded into their
-n(n−1)/2 pairs. logit_scale is clamped to [0, ln 100] as in HPS v2's ``train.py``.
+Training (HPS v2, Wu et al. 2023; tgxs002/HPSv2@866735e ``train.py``): for each prompt, the logits
+of its candidates are exp(logit_scale)·cos(image, prompt); the loss is the cross-entropy of the
+softmax over the prompt's candidates against soft labels — a pair gives (1, 0), (0, 1) or
+(0.5, 0.5) for a tie (:func:`mmalign.scoring.losses.preference_cross_entropy`). logit_scale is
+clamped to [0, ln 100] as in HPS v2's ``train.py``.
 
-Evaluation reports each convention under its own name (S14): ``hpdv2_inversion`` (mean per-prompt
-inversion score, S7; needs rankings) and ``pooled_accuracy`` (ImageReward-test: non-tied pairs,
+Data: :func:`read_pair_set` reads every preference format of :mod:`mmalign.data.pairs` (pairs JSONL,
+rankings JSONL expanded into their n(n−1)/2 pairs, Pick-a-Pic parquet). Evaluation:
+:func:`evaluate_pairs` reports ``pooled_accuracy`` (ImageReward-test convention: non-tied pairs,
 predicted ties wrong).
 """
 
 from __future__ import annotations
 
-import itertools
+import json
 import math
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
+from mmalign.data.pairs import RankingDataset, read_preferences
 from mmalign.errors import CheckpointError, InputError
 from mmalign.fileio import atomic_write, atomic_write_json, atomic_write_text
+from mmalign.paths import asset_path
+from mmalign.rng import owned_rng
 from mmalign.scoring.base import Media, Scorer
 from mmalign.scoring.losses import LN_100, pair_targets, preference_cross_entropy
-from mmalign.scoring.metrics import hpdv2_accuracy, pooled_pairwise_accuracy
+from mmalign.scoring.metrics import pooled_pairwise_accuracy
 
 
 @dataclass
@@ -58,12 +63,33 @@ class PairSet:
                    [p for s in sets for p in s.prompts], torch.cat([s.labels for s in sets]))
 
 
-def rankings_to_pairs(group: Media, prompt: str, ranks: Sequence[float]) -> PairSet:
-    """All n(n−1)/2 pairs of one ranked group (lower rank = better; equal ranks = tie)."""
-    idx = list(itertools.combinations(range(len(group)), 2))
-    i, j = [p[0] for p in idx], [p[1] for p in idx]
-    lab = torch.tensor([1.0 if ranks[x] < ranks[y] else 0.0 if ranks[x] > ranks[y] else 0.5 for x, y in idx])
-    return PairSet(group[i], group[j], [prompt] * len(idx), lab)
+def _stack(items: list[Media], where: str, what: str) -> Media:
+    """One batch of one-item batches; an InputError naming the first item whose type or shape differs."""
+    first = items[0]
+    for i, m in enumerate(items):
+        if type(m) is not type(first) or m.data.shape[1:] != first.data.shape[1:]:
+            raise InputError(f"{where}: {what} of pair {i} is {m.modality} {tuple(m.data.shape[1:])}, of pair 0 "
+                             f"{first.modality} {tuple(first.data.shape[1:])}; all media must share one shape "
+                             "(for images and videos pass a resolution: --resolution N)")
+    return type(first).cat(items)
+
+
+def read_pair_set(path: str | Path, *, resolution: int | None = None) -> PairSet:
+    """Preference data as a :class:`PairSet` (``a`` = chosen, ``b`` = rejected, label P(a ≻ b), ties kept as 0.5).
+
+    ``path`` is anything :func:`mmalign.data.pairs.read_preferences` reads: a pairs JSONL
+    ``{prompt, chosen, rejected, label}``, a rankings JSONL ``{prompt, items, scores}`` (every ranked
+    pair; higher score = better) or Pick-a-Pic parquet. Media are decoded into memory; they must share
+    one shape, or ``resolution`` resizes and centre-crops images and videos to a square of that side.
+    """
+    data = read_preferences(path, ties="keep", resolution=resolution)
+    if isinstance(data, RankingDataset):
+        data = data.to_pairs("all", ties="keep")
+    if not len(data):
+        raise InputError(f"{path}: no pairs (every ranking's items score the same); give data with preferences")
+    a = _stack([data.load(p.chosen) for p in data], data.source, "the chosen item")
+    b = _stack([data.load(p.rejected) for p in data], data.source, "the rejected item")
+    return PairSet(a, b, [p.prompt for p in data], torch.tensor([p.label for p in data]))
 
 
 def _logit_scale(scorer: Scorer) -> torch.nn.Parameter | None:
@@ -88,13 +114,19 @@ def pair_logits(scorer: Scorer, a: Media, b: Media, prompts: list[str]) -> torch
 def train_scorer(scorer: Scorer, pairs: PairSet, *, steps: int = 1000, batch_size: int = 64, lr: float = 3e-4,
                  weight_decay: float = 0.05, warmup: int = 50, seed: int = 0, progress: bool = True,
                  log: Callable[[str], None] = print, log_every: int = 100, eval_fn: Callable[[], dict] | None = None) -> list[float]:
-    """Fine-tune all parameters of ``scorer.model`` on ``pairs`` with AdamW + cosine schedule; returns losses."""
+    """Fine-tune all parameters of ``scorer.model`` on ``pairs`` with AdamW + cosine schedule; returns losses.
+
+    Batches are drawn by ``random.Random(seed)``; torch's RNG is seeded with ``seed`` inside a fork,
+    so the caller's random state is left untouched.
+    """
     from tqdm.auto import tqdm
 
     model = getattr(scorer, "model", None)
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"scorer {scorer.name!r} has no trainable .model")
-    torch.manual_seed(seed)
+    if steps < 1 or batch_size < 1 or len(pairs) == 0:
+        raise InputError(f"train_scorer: need steps ≥ 1, batch_size ≥ 1 and at least one pair; got steps={steps}, "
+                         f"batch_size={batch_size}, {len(pairs)} pairs")
     rng = random.Random(seed)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -103,28 +135,29 @@ def train_scorer(scorer: Scorer, pairs: PairSet, *, steps: int = 1000, batch_siz
     targets = pair_targets(pairs.labels)
     losses: list[float] = []
     model.train()
-    for step in tqdm(range(steps), desc=f"train {scorer.name}", disable=not progress):
-        idx = rng.sample(range(len(pairs)), min(batch_size, len(pairs)))
-        logits = pair_logits(scorer, pairs.a[idx], pairs.b[idx], [pairs.prompts[i] for i in idx])
-        loss = preference_cross_entropy(logits, targets[idx].to(logits.device))
-        if not torch.isfinite(loss):
-            raise CheckpointError(f"train_scorer: non-finite loss at step {step}; lower the learning rate (lr={lr})")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if scale is not None:
-            with torch.no_grad():
-                scale.clamp_(0.0, LN_100)
-        losses.append(loss.item())
-        if log_every and (step + 1) % log_every == 0:
-            extra = ""
-            if eval_fn is not None:
-                model.eval()
-                extra = " " + " ".join(f"{k}={v:.4f}" for k, v in eval_fn().items())
-                model.train()
-            log(f"step {step + 1}/{steps} loss {sum(losses[-log_every:]) / log_every:.4f}{extra}")
+    with owned_rng(seed, next(model.parameters()).device):
+        for step in tqdm(range(steps), desc=f"train {scorer.name}", disable=not progress):
+            idx = rng.sample(range(len(pairs)), min(batch_size, len(pairs)))
+            logits = pair_logits(scorer, pairs.a[idx], pairs.b[idx], [pairs.prompts[i] for i in idx])
+            loss = preference_cross_entropy(logits, targets[idx].to(logits.device))
+            if not torch.isfinite(loss):
+                raise CheckpointError(f"train_scorer: non-finite loss at step {step}; lower the learning rate (lr={lr})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            if scale is not None:
+                with torch.no_grad():
+                    scale.clamp_(0.0, LN_100)
+            losses.append(loss.item())
+            if log_every and (step + 1) % log_every == 0:
+                extra = ""
+                if eval_fn is not None:
+                    model.eval()
+                    extra = " " + " ".join(f"{k}={v:.4f}" for k, v in eval_fn().items())
+                    model.train()
+                log(f"step {step + 1}/{steps} loss {sum(losses[-log_every:]) / log_every:.4f}{extra}")
     model.eval()
     return losses
 
@@ -136,76 +169,9 @@ def evaluate_pairs(scorer: Scorer, pairs: PairSet, batch_size: int = 128) -> dic
     return {"pooled_accuracy": pooled_pairwise_accuracy(sa.cpu(), sb.cpu(), pairs.labels)}
 
 
-def evaluate_rankings(scorer: Scorer, groups: Sequence[Media], prompts: Sequence[str],
-                      ranks: Sequence[Sequence[float]], batch_size: int = 128) -> dict[str, float]:
-    """``hpdv2_inversion``: HPD v2 metric (S7) — mean over prompts of 1 − discordant/(n(n−1)/2)."""
-    preds = [scorer.score(g, p, batch_size=batch_size, progress=False).cpu().tolist() for g, p in zip(groups, prompts)]
-    return {"hpdv2_inversion": hpdv2_accuracy(preds, ranks)}
-
-
-# -- data files and saving ---------------------------------------------------------------------------
-def _image_from_bytes(data: bytes, where: str) -> torch.Tensor:
-    import io
-
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        arr = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as e:
-        raise InputError(f"{where}: not a decodable image ({e})") from None
-    return torch.from_numpy(arr).permute(2, 0, 1)
-
-
-def read_pairs(path) -> PairSet:
-    """Image pairs from a Pick-a-Pic-style parquet (``caption, jpg_0, jpg_1, label_0``) or a JSONL of
-    ``{prompt, a, b, label}`` with image paths relative to the file. Images must share one size."""
-    import json
-    from pathlib import Path
-
-    from mmalign.media import ImageBatch, load_image
-
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such pairs file")
-    a, b, prompts, labels = [], [], [], []
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        t = pq.read_table(path).to_pydict()
-        missing = [c for c in ("caption", "jpg_0", "jpg_1", "label_0") if c not in t]
-        if missing:
-            raise InputError(f"{path}: missing Pick-a-Pic column(s) {missing}")
-        for i in range(len(t["caption"])):
-            a.append(_image_from_bytes(t["jpg_0"][i], f"{path} row {i} jpg_0"))
-            b.append(_image_from_bytes(t["jpg_1"][i], f"{path} row {i} jpg_1"))
-            prompts.append(t["caption"][i])
-            labels.append(float(t["label_0"][i]))
-    else:
-        for i, line in enumerate(path.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                a.append(load_image(path.parent / row["a"]).pixels[0])
-                b.append(load_image(path.parent / row["b"]).pixels[0])
-                prompts.append(row["prompt"])
-                labels.append(float(row["label"]))
-            except (KeyError, json.JSONDecodeError) as e:
-                raise InputError(f"{path}:{i}: a pair row needs prompt, a, b, label ({e})") from None
-    if not prompts:
-        raise InputError(f"{path}: no pairs")
-    sizes = {tuple(x.shape) for x in a + b}
-    if len(sizes) != 1:
-        raise InputError(f"{path}: images have different sizes {sorted(sizes)[:4]}; resize them to one size first")
-    return PairSet(ImageBatch(torch.stack(a)), ImageBatch(torch.stack(b)), prompts, torch.tensor(labels))
-
-
 def save_open_clip_folder(scorer, model_cfg: dict, out) -> None:
     """Weights (``open_clip_model.safetensors``), ``open_clip_config.json`` and the word tokenizer if any —
     a folder ``open_clip.create_model('local-dir:…')`` and ``load_scorer`` both read."""
-    from pathlib import Path
-
     from safetensors.torch import save_file
 
     from mmalign.scoring.tokenizer import WordTokenizer
@@ -223,9 +189,6 @@ def save_open_clip_folder(scorer, model_cfg: dict, out) -> None:
 
 def save_trained(scorer, out, report: dict) -> None:
     """Save a trained open_clip-family scorer with a card (``out/card.yaml``, checkpoint source local)."""
-    import json
-    from pathlib import Path
-
     import open_clip
     import yaml
 
@@ -236,12 +199,10 @@ def save_trained(scorer, out, report: dict) -> None:
         folder_cfg = Path(str(card.checkpoint.path or "")) / "open_clip_config.json"
         src = folder_cfg if folder_cfg.exists() else None
         if src is None and card.checkpoint.source == "shipped":
-            from mmalign.paths import asset_path
-
             src = asset_path(card.checkpoint.path, "open_clip_config.json")
         if src is None or not Path(src).exists():
             raise InputError(f"save_trained: cannot find the architecture config of {card.name!r}")
-        cfg = json.loads(Path(src).read_text())["model_cfg"]
+        cfg = json.loads(Path(src).read_text(encoding="utf-8"))["model_cfg"]
     save_open_clip_folder(scorer, cfg, out)
     data = card.model_dump(mode="json", exclude_none=True)
     data["name"] = f"{card.name}-finetuned"

@@ -2,7 +2,7 @@
 
 Offline mode (``local_files_only=True``, or the environment variable ``MMALIGN_OFFLINE=1`` or
 ``HF_HUB_OFFLINE=1``) never touches the network; a missing file is an :class:`InputError` that
-says exactly where to put it (reference/scorers.md §10: offline use is the most requested fix).
+says exactly where to put it.
 """
 
 from __future__ import annotations

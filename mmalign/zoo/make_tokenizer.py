@@ -1,6 +1,6 @@
 """Build the tokenizers the tiny and synth generators ship with (``assets/tokenizers/``).
 
-``python -m mmalign.generators.make_tokenizer`` writes:
+``python -m mmalign.zoo.make_tokenizer`` writes:
 
 * ``clip-synth/`` — a real byte-level BPE :class:`~transformers.CLIPTokenizer` (``vocab.json`` +
   ``merges.txt``): every printable ASCII character with and without the end-of-word marker ``</w>``,
@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from mmalign.checkpoint import atomic_folder
 from mmalign.paths import asset_path
+from mmalign.synth.prompts import VOCABULARY
 
-#: Words of the synth grammar, used when ``mmalign.synth.prompts.VOCABULARY`` is not importable.
-FALLBACK_WORDS = (
-    "red green blue yellow purple orange circle circles square squares triangle triangles a an two three one "
-    "left right of above below moving static turning into melody fast slow high low mid on sine square sawtooth "
-    "triangle wave synth up down and the with"
-).split()
+#: Words the tokenizers keep besides the grammar's ``VOCABULARY`` (articles, number words, ...), so
+#: prompts written by hand around the grammar stay one token per word
+EXTRA_WORDS = "an and into one orange the three wave with".split()
 
 CLIP_BOS, CLIP_EOS = "<|startoftext|>", "<|endoftext|>"
 #: printable ASCII without space; GPT-2's byte-to-unicode map leaves these unchanged
@@ -36,15 +33,8 @@ PRINTABLE = [chr(c) for c in range(33, 127)]
 
 
 def grammar_words() -> list[str]:
-    """The grammar's words (synth VOCABULARY ∪ fallback list), sorted."""
-    words = set(FALLBACK_WORDS)
-    try:
-        from mmalign.synth.prompts import VOCABULARY
-
-        words |= set(VOCABULARY)
-    except ImportError:
-        pass
-    return sorted(w.lower() for w in words)
+    """The words of the tokenizers (the grammar's ``VOCABULARY`` ∪ :data:`EXTRA_WORDS`), sorted."""
+    return sorted(w.lower() for w in set(EXTRA_WORDS) | set(VOCABULARY))
 
 
 def clip_vocab_and_merges(words: list[str]) -> tuple[dict[str, int], list[str]]:
@@ -79,22 +69,6 @@ def t5_vocab(words: list[str]) -> list[tuple[str, float]]:
     return pieces
 
 
-def _atomic_dir_write(target: Path, write) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    os.chmod(tmp, 0o755)
-    write(tmp)
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        os.replace(target, old)
-        os.replace(tmp, target)
-        for f in old.iterdir():
-            f.unlink()
-        old.rmdir()
-    else:
-        os.replace(tmp, target)
-
-
 def build_clip_tokenizer(folder: Path, words: list[str] | None = None) -> None:
     """Write ``vocab.json``, ``merges.txt`` and the tokenizer config of the synth CLIP tokenizer."""
     from transformers import CLIPTokenizer
@@ -107,7 +81,7 @@ def build_clip_tokenizer(folder: Path, words: list[str] | None = None) -> None:
         tok = CLIPTokenizer(vocab=vocab, merges=[tuple(m.split(" ")) for m in merges], model_max_length=77)
         tok.save_pretrained(tmp)
 
-    _atomic_dir_write(folder, write)
+    atomic_folder(folder, write)
 
 
 def build_t5_tokenizer(folder: Path, words: list[str] | None = None) -> None:
@@ -115,7 +89,7 @@ def build_t5_tokenizer(folder: Path, words: list[str] | None = None) -> None:
     from transformers import T5Tokenizer
 
     tok = T5Tokenizer(vocab=t5_vocab(words or grammar_words()), extra_ids=0, model_max_length=64)
-    _atomic_dir_write(folder, tok.save_pretrained)
+    atomic_folder(folder, tok.save_pretrained)
 
 
 def main(argv: list[str] | None = None) -> None:

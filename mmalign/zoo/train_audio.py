@@ -1,7 +1,7 @@
 """Train the shipped ``synth-audio`` generator of the synthetic world (reproducible, seeded, CPU).
 
-    python -m mmalign.synth.train_audio                         # VAE, then DiT + T5 + projection, then eval
-    python -m mmalign.synth.train_audio --stage dit --steps 6000 # resume / continue one stage
+    python -m mmalign.zoo.train_audio                           # VAE, then DiT + T5 + projection, then eval
+    python -m mmalign.zoo.train_audio --stage dit --steps 6000   # resume / continue one stage
 
 ``synth-audio`` is a real :class:`~diffusers.StableAudioPipeline` (Evans et al. 2024, "Stable Audio
 Open") on 8 kHz mono, 1 s melodies. 8 kHz, not the world's default 16 kHz: everything the oracle hears
@@ -25,16 +25,16 @@ per second halve the tiny VAE's work:
 Classifier-free guidance: 10% of training items get the *zeroed* cross-attention conditioning, which
 is exactly the unconditional input ``StableAudioPipeline`` builds at sampling time (it does not encode
 an empty string). Each stage is resumable (``WORK/<stage>_state.pt`` every few hundred steps) and
-``touch WORK/STOP`` ends the running stage early, saves it and goes on with the next stage; the shipped DiT / T5 / projection weights are an
-EMA of the trained ones. Finally the oracle scores samples for 60 held-out prompts and the result
-goes to ``assets/models/synth-audio/eval.json``. The model is imperfect on purpose: alignment needs
-room to show its effect.
+``touch WORK/STOP`` ends the running stage early, saves it and goes on with the next stage; the shipped
+DiT / T5 / projection weights are an EMA of the trained ones. The pipeline goes to
+``assets/models/synth-audio/`` (what ``load_generator("synth-audio")`` loads); finally the oracle scores
+samples for 60 held-out prompts and the result goes next to it, to ``eval.json``. The model is
+imperfect on purpose: alignment needs room to show its effect.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 from pathlib import Path
@@ -42,18 +42,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from mmalign.fileio import atomic_write_json
-from mmalign.synth.checkpoint import (
-    Log,
-    StageCheckpoint,
-    add_run_args,
-    save_atomic,
-    start_run,
-)
+from mmalign.checkpoint import Log, atomic_folder
 from mmalign.synth.prompts import parse_prompt, sample_prompts
 from mmalign.synth.render import render
+from mmalign.zoo.stages import TrainStage, run_trainer, save_generator, seeded, trainer_parser, warmup_schedule
 
 NAME = "synth-audio"
 SAMPLE_RATE = 8000
@@ -215,6 +208,7 @@ def normalize_latents(vae, audio: torch.Tensor) -> torch.Tensor:
     return s
 
 
+@seeded
 def train_vae(work: Path, steps: int, seed: int, bank: int = 1500, batch: int = 16, crop: int = 2048, lr: float = 1e-3,
               kl_weight: float = 1e-4, save_every: int = 100, log: Log = print) -> None:
     """Stage 1: the Oobleck VAE on random ``crop``-sample windows of rendered melodies, half of them
@@ -227,41 +221,27 @@ def train_vae(work: Path, steps: int, seed: int, bank: int = 1500, batch: int = 
     cannot decode. The text-conditioned parts (T5, projection, DiT) see train-split prompts only, so
     held-out prompts stay unseen text → audio combinations.
     """
-    torch.manual_seed(seed)
     vae = build_vae()
     audio, _ = melody_bank(bank, seed, split=None)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * (0.1 + 0.9 * max(0.0, 1 - s / steps)))
-    g = torch.Generator().manual_seed(seed)
-    ckpt = StageCheckpoint(work, "vae", {"model": vae, "opt": opt, "sched": sched}, g, log)
-    start = ckpt.resume()
+    stage = TrainStage(work, "vae", vae, opt, sched, seed, every=save_every, log=log, log_every=25)
     log(json.dumps({"vae_params": sum(p.numel() for p in vae.parameters())}))
-    t0 = time.time()
-    bar = tqdm(range(start, steps), desc="vae", mininterval=5, initial=start, total=steps)
-    for step in bar:
+
+    def loss(g: torch.Generator) -> dict[str, torch.Tensor]:
         x = augmented_crops(audio, crop, batch, g)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample(generator=g)).sample[..., :crop]
         kl = post.kl() / post.mean.shape[1]
         l1 = F.l1_loss(rec, x)
         spec = stft_loss(rec, x)
-        loss = l1 + spec + kl_weight * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        done = step + 1
-        if step % 25 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            log(json.dumps({"stage": "vae", "step": step, "loss": loss.item(), "l1": l1.item(), "stft": spec.item(),
-                            "kl": kl.item(), "s_per_step": (time.time() - t0) / (done - start)}))
-        if ckpt.after_step(done, steps, save_every):
-            break
+        return {"loss": l1 + spec + kl_weight * kl, "l1": l1, "stft": spec, "kl": kl}
+
+    stage.run(steps, loss)
     vae.eval()
     s = normalize_latents(vae, audio[:400])
     log(json.dumps({"stage": "vae", "latent_std_before": s.tolist()}))
-    save_atomic(vae, work / "vae")
+    atomic_folder(work / "vae", vae.save_pretrained)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,6 +267,7 @@ def drop_attributes(prompts: list[str], p: float, generator: torch.Generator) ->
     return out
 
 
+@seeded
 def train_dit(work: Path, steps: int, seed: int, bank: int = 1500, batch: int = 32, lr: float = 1e-3, ema_decay: float = 0.998,
               attr_dropout: float = 0.0, save_every: int = 250, log: Log = print):
     """Stage 2: DiT, T5 and projection with the Stable Audio adapter's objective; resumable.
@@ -301,13 +282,11 @@ def train_dit(work: Path, steps: int, seed: int, bank: int = 1500, batch: int = 
 
     from mmalign.generators.stable_audio import StableAudioGenerator
 
-    torch.manual_seed(seed)
     tok = tokenizer()
     vae = AutoencoderOobleck.from_pretrained(work / "vae").eval().requires_grad_(False)
     te, proj = build_text(tok)
     dit = build_dit()
     modules = torch.nn.ModuleList([dit, te, proj])
-    ema = copy.deepcopy(modules).requires_grad_(False)
     log(json.dumps({"dit_params": sum(p.numel() for p in dit.parameters()),
                     "text_params": sum(p.numel() for p in te.parameters()) + sum(p.numel() for p in proj.parameters())}))
     pipe = assemble(vae, te, proj, tok, dit, build_scheduler())
@@ -317,16 +296,12 @@ def train_dit(work: Path, steps: int, seed: int, bank: int = 1500, batch: int = 
         latents = torch.cat([vae.encode(audio[i : i + 100]).latent_dist.mode() for i in range(0, len(audio), 100)])
     del audio
     log(json.dumps({"latents": list(latents.shape), "latent_std": latents.std().item()}))
-    params = list(modules.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200))
-    g = torch.Generator().manual_seed(seed)
-    ckpt = StageCheckpoint(work, "dit", {"model": modules, "ema": ema, "opt": opt, "sched": sched}, g, log)
-    start = ckpt.resume()
+    opt = torch.optim.AdamW(modules.parameters(), lr=lr, weight_decay=1e-2)
+    stage = TrainStage(work, "dit", modules, opt, warmup_schedule(opt, 200), seed, every=save_every, log=log,
+                       ema_decay=ema_decay, ema_warmup=True)
     modules.train()
-    t0 = time.time()
-    bar = tqdm(range(start, steps), desc="dit", mininterval=5, initial=start, total=steps)
-    for step in bar:
+
+    def loss(g: torch.Generator) -> dict[str, torch.Tensor]:
         idx = torch.randint(0, len(latents), (batch,), generator=g)
         x0 = latents[idx]
         keep = (torch.rand(batch, generator=g) > 0.1).float()
@@ -336,32 +311,18 @@ def train_dit(work: Path, steps: int, seed: int, bank: int = 1500, batch: int = 
         noise = torch.randn(x0.shape, generator=g)
         t = adapter.sample_timesteps(batch, generator=g)
         pred = adapter.predict(adapter.noise(x0, noise, t), t, cond)
-        loss = F.mse_loss(pred, adapter.target(x0, noise, t))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        done = step + 1
-        decay = min(ema_decay, (1 + done) / (10 + done))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), params):
-                pe.lerp_(pm, 1 - decay)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            log(json.dumps({"stage": "dit", "step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0],
-                            "s_per_step": (time.time() - t0) / (done - start)}))
-        if ckpt.after_step(done, steps, save_every):
-            break
-    dit, te, proj = ema
+        return {"loss": F.mse_loss(pred, adapter.target(x0, noise, t))}
+
+    stage.run(steps, loss)
+    dit, te, proj = stage.weights
     return assemble(vae, te, proj, tok, dit, build_scheduler())
 
 
 def save_pipeline(pipe, out: Path) -> None:
-    """Save as ``out`` (``save_pretrained`` + sampling defaults) through a temp folder and a rename."""
+    """Save as ``out`` (``save_pretrained`` + sampling defaults, atomically)."""
     from mmalign.generators.stable_audio import StableAudioGenerator
 
-    save_atomic(StableAudioGenerator(pipe, device=torch.device("cpu"), defaults=DEFAULTS), out)
+    save_generator(StableAudioGenerator(pipe, device=torch.device("cpu"), defaults=DEFAULTS), out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,36 +375,21 @@ def majority_baseline(prompts: list[str]) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------
 
 
+def _vae_stage(args: argparse.Namespace, work: Path, out: Path, log: Log) -> None:
+    train_vae(work, args.vae_steps, args.seed, bank=args.vae_bank, batch=args.vae_batch, log=log)
+
+
+def _dit_stage(args: argparse.Namespace, work: Path, out: Path, log: Log) -> None:
+    pipe = train_dit(work, args.steps, args.seed, bank=args.bank, batch=args.batch, attr_dropout=args.attr_dropout, log=log)
+    save_pipeline(pipe, out)
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", choices=["all", "vae", "dit", "eval"], default="all")
-    p.add_argument("--vae-steps", type=int, default=3000)
-    p.add_argument("--steps", type=int, default=3000, help="DiT training steps")
+    p = trainer_parser(__doc__, ("vae", "dit"), vae_steps=3000, steps=3000, batch=32, bank=1500, eval_n=60)
     p.add_argument("--vae-batch", type=int, default=16)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--bank", type=int, default=1500, help="rendered training melodies per stage")
     p.add_argument("--attr-dropout", type=float, default=0.3,
                    help="probability of leaving out each tempo / register / timbre word of a DiT training prompt")
-    add_run_args(p, NAME)
-    p.add_argument("--eval-n", type=int, default=60, help="held-out prompts for the oracle evaluation")
-    args = p.parse_args(argv)
-    work, out, log = start_run(args, NAME)
-    t0 = time.time()
-    if args.stage in ("all", "vae"):
-        train_vae(work, args.vae_steps, args.seed, bank=args.bank, batch=args.vae_batch, log=log)
-        log(json.dumps({"stage": "vae", "done_s": time.time() - t0}))
-    if args.stage in ("all", "dit"):
-        pipe = train_dit(work, args.steps, args.seed, bank=args.bank, batch=args.batch, attr_dropout=args.attr_dropout,
-                         log=log)
-        save_pipeline(pipe, out)
-        log(json.dumps({"stage": "dit", "done_s": time.time() - t0}))
-    if args.stage in ("all", "dit", "eval"):
-        result = evaluate_model(out, n=args.eval_n, seed=0)
-        result["train_wall_s"] = round(time.time() - t0, 1)
-        atomic_write_json(out / "eval.json", result, indent=2)
-        log(json.dumps({"stage": "eval", **result}))
-        print(json.dumps(result["samples"]), json.dumps(result["vae_reconstruction"]))
-    print(f"done in {(time.time() - t0) / 60:.1f} min; pipeline in {out}")
+    run_trainer(p.parse_args(argv), NAME, {"vae": _vae_stage, "dit": _dit_stage}, evaluate_model)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,10 @@ import torch
 from mmalign.bench.runner import run_benchmark
 from mmalign.bench.suites import Entry, Suite, load_suite
 from mmalign.fileio import atomic_write_json
+from mmalign.media import VideoBatch, load_video, save_media
+from mmalign.synth.annotators import Annotator, agreement
+from mmalign.synth.prompts import parse_prompt, sample_prompts
+from mmalign.synth.render import render
 
 DEGRADATIONS = ("none", "noise", "flicker", "blur", "wrong_color", "freeze", "shuffle")
 
@@ -51,8 +55,6 @@ def degrade(video: torch.Tensor, kind: str, rng: np.random.Generator) -> torch.T
 
 
 def _aux(prompt: str) -> dict[str, Any]:
-    from mmalign.synth.prompts import parse_prompt
-
     spec = parse_prompt(prompt, "video")
     color, shape = spec.objects[0]
     return {"object_class": {"object": shape}, "color": {"color": color}}
@@ -67,12 +69,8 @@ def human_alignment(
     suite: str = "synth-video",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Per-dimension agreement with simulated annotators on degraded synthetic video pairs."""
-    from mmalign.media import load_video, save_media
-    from mmalign.synth.annotators import Annotator, agreement
-    from mmalign.synth.prompts import sample_prompts
-    from mmalign.synth.render import render
-
+    """Per-dimension agreement with simulated annotators on degraded synthetic video pairs, written to
+    ``OUT/alignment.json`` (the rendered pairs and the benchmark run stay in ``OUT/videos`` and ``OUT/run``)."""
     base = load_suite(suite)
     dims = list(dimensions or base.dimensions)
     out = Path(out)
@@ -81,8 +79,6 @@ def human_alignment(
     clean = render(prompts * 2, seed=seed, modality="video")
     kinds = [str(rng.choice(DEGRADATIONS)) for _ in range(2 * len(prompts))]
     pixels = torch.stack([degrade(clean.pixels[i], kinds[i], rng) for i in range(len(kinds))])
-    from mmalign.media import VideoBatch
-
     videos = VideoBatch(pixels, fps=clean.fps)
     names = [f"{p}-{i}" for i in range(2) for p in prompts]
     save_media(videos, out / "videos", names)

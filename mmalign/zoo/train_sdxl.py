@@ -1,34 +1,36 @@
-"""Train the shipped tiny generators of the synthetic world (reproducible, seeded, CPU).
+"""Train ``synth-sdxl``, the shipped tiny text-to-image model of the synthetic world (seeded, CPU, resumable).
 
-    python -m mmalign.synth.train --model synth-sdxl            # VAE, then UNet + both text encoders
-    python -m mmalign.synth.train --model synth-sdxl --stage unet --steps 12000
+    python -m mmalign.zoo.train_sdxl                        # VAE, then UNet + both text encoders, then held-out eval
+    python -m mmalign.zoo.train_sdxl --stage unet --steps 12000
 
 ``synth-sdxl`` is a real :class:`~diffusers.StableDiffusionXLPipeline`: a tiny ``AutoencoderKL``
 (32×32 images ↔ 8×8×8 latents), two tiny CLIP text encoders (the second with projection, for
 SDXL's pooled embedding) on the project's tokenizer, and a ~2.3M-parameter ``UNet2DConditionModel``
 with SDXL's ``text_time`` additional conditioning. It is trained with the epsilon objective of
-SDXL's scaled-linear schedule, with 10% empty prompts for classifier-free guidance.
+SDXL's scaled-linear schedule, with 10% empty prompts for classifier-free guidance; the shipped
+UNet and text encoders are an EMA of the trained ones. The pipeline goes to ``assets/models/synth-sdxl/``
+(what ``load_generator("synth-sdxl")`` loads) with ``eval.json``, the oracle's accuracy on held-out prompts.
 The models are imperfect on purpose: alignment needs room to show its effect.
+
+Stop any stage with ``touch WORK/STOP``; running the same command again resumes it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from mmalign.generators._common import write_defaults
-from mmalign.paths import asset_path
-from mmalign.synth.checkpoint import StageCheckpoint, run_log, save_atomic
+from mmalign.checkpoint import Log, atomic_folder
 from mmalign.synth.prompts import sample_prompts
 from mmalign.synth.render import render
+from mmalign.zoo.stages import TrainStage, run_trainer, save_generator, seeded, trainer_parser, warmup_schedule
 
-TOKENIZER_DIR = asset_path("tokenizers", "clip-synth")
+NAME = "synth-sdxl"
 IMAGE_SIZE = 32
 LATENT_SIZE = 8  # the VAE downsamples 4x: 32x32x3 images <-> 8x8x8 latents
 LATENT_CHANNELS = 8
@@ -37,10 +39,10 @@ SAMPLING_DEFAULTS = {"steps": 20, "guidance": 4.0}
 MAX_TOKENS = 16  # the longest grammar prompt is 10 words; shorter sequences make every step cheaper
 
 
-def _tokenizer():
-    from transformers import CLIPTokenizer
+def tokenizer():
+    from mmalign.generators.tiny import clip_tokenizer
 
-    tok = CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    tok = clip_tokenizer()
     tok.model_max_length = MAX_TOKENS
     return tok
 
@@ -137,33 +139,30 @@ def image_bank(n: int, seed: int, split: str = "train") -> tuple[torch.Tensor, l
 # stages
 
 
-def train_vae(out: Path, steps: int, seed: int, batch: int = 32, lr: float = 3e-3, log=print) -> None:
-    torch.manual_seed(seed)
+@seeded
+def train_vae(work: Path, steps: int, seed: int, bank: int = 20000, batch: int = 32, lr: float = 3e-3,
+              log: Log = print) -> None:
+    """Stage 1: the VAE (MSE + 1e-4 KL per latent element, one-cycle LR), then the ``scaling_factor`` that
+    gives the latents unit standard deviation; saved as ``WORK/vae``."""
     vae = build_vae()
-    images, _ = image_bank(20000, seed)
+    images, _ = image_bank(bank, seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
-    g = torch.Generator().manual_seed(seed)
-    bar = tqdm(range(steps), desc="vae", mininterval=5)
-    for step in bar:
+    stage = TrainStage(work, "vae", vae, opt, sched, seed, every=100, log=log, clip=None, log_every=100)
+
+    def loss(g: torch.Generator) -> dict[str, torch.Tensor]:
         x = images[torch.randint(0, len(images), (batch,), generator=g)] * 2 - 1
         post = vae.encode(x).latent_dist
         z = post.sample(generator=g)
-        rec = vae.decode(z).sample
         kl = post.kl().mean() / z[0].numel()
-        loss = F.mse_loss(rec, x) + 1e-4 * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 100 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            log(json.dumps({"stage": "vae", "step": step, "loss": loss.item(), "kl": kl.item()}))
+        return {"loss": F.mse_loss(vae.decode(z).sample, x) + 1e-4 * kl, "kl": kl}
+
+    stage.run(steps, loss)
     vae.eval()
     with torch.no_grad():
-        z = torch.cat([vae.encode(images[i : i + 500] * 2 - 1).latent_dist.mode() for i in range(0, 4000, 500)])
+        z = torch.cat([vae.encode(images[i : i + 500] * 2 - 1).latent_dist.mode() for i in range(0, min(bank, 4000), 500)])
     vae.register_to_config(scaling_factor=float(1.0 / z.std()))
-    save_atomic(vae, out / "vae")
+    atomic_folder(work / "vae", vae.save_pretrained)
 
 
 def _encode_text(tok, te1, te2, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,55 +170,6 @@ def _encode_text(tok, te1, te2, prompts: list[str]) -> tuple[torch.Tensor, torch
     h1 = te1(ids, output_hidden_states=True).hidden_states[-2]
     o2 = te2(ids, output_hidden_states=True)
     return torch.cat([h1, o2.hidden_states[-2]], dim=-1), o2.text_embeds
-
-
-class ResumableStage:
-    """Optimizer (AdamW, warm-up then constant LR), EMA weights, data RNG and step of one training
-    stage, saved every ``every`` steps by a :class:`~mmalign.synth.checkpoint.StageCheckpoint`
-    (``WORK/<stage>_state.pt``; ``touch WORK/STOP`` ends the stage early, saved). With a constant LR,
-    a run stopped at step N and resumed equals an uninterrupted run.
-    """
-
-    def __init__(self, work: Path, stage: str, modules: torch.nn.ModuleList, lr: float, warmup: int, seed: int,
-                 ema_decay: float, every: int, log=print) -> None:
-        import copy
-
-        self.ema_decay, self.every, self.log = ema_decay, every, log
-        self.ema = copy.deepcopy(modules).requires_grad_(False)
-        self.pairs = [(e, p) for e, p in zip(self.ema.parameters(), modules.parameters()) if p.requires_grad]
-        self.params = [p for _, p in self.pairs]
-        self.opt = torch.optim.AdamW(self.params, lr=lr, weight_decay=1e-2)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warmup))
-        self.rng = torch.Generator().manual_seed(seed)
-        self.ckpt = StageCheckpoint(work, stage, {"model": modules, "ema": self.ema, "opt": self.opt, "sched": self.sched},
-                                    self.rng, log)
-        self.step = self.ckpt.resume()
-
-    def update(self, loss: torch.Tensor, total: int) -> bool:
-        """One optimizer step on ``loss`` (clipped at norm 1), EMA, checkpoint; True when asked to stop."""
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-        self.opt.step()
-        self.sched.step()
-        with torch.no_grad():
-            for e, p in self.pairs:
-                e.lerp_(p, 1 - self.ema_decay)
-        self.step += 1
-        if self.step % 50 == 1:
-            self.log(json.dumps({"stage": self.ckpt.stage, "step": self.step, "loss": loss.item()}))
-        return self.ckpt.after_step(self.step, total, self.every)
-
-    def run(self, unet, tok, te1, te2, alphas: torch.Tensor, latents: torch.Tensor, prompts: list[str],
-            steps: int, batch: int, desc: str) -> None:
-        """Train on random batches of ``latents`` with :func:`epsilon_loss` until ``steps`` (or STOP)."""
-        bar = tqdm(range(self.step, steps), desc=desc, mininterval=5, initial=self.step, total=steps)
-        for _ in bar:
-            idx = torch.randint(0, len(latents), (batch,), generator=self.rng)
-            loss = epsilon_loss(unet, tok, te1, te2, alphas, latents[idx], [prompts[i] for i in idx], self.rng)
-            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-            if self.update(loss, steps):
-                break
 
 
 def epsilon_loss(unet, tok, te1, te2, alphas: torch.Tensor, x0: torch.Tensor, prompts: list[str],
@@ -246,66 +196,72 @@ def _encode_bank(vae, frames: torch.Tensor) -> torch.Tensor:
     return torch.cat(z) * vae.config.scaling_factor
 
 
-def train_sdxl_unet(
-    out: Path, steps: int, seed: int, batch: int = 32, lr: float = 1e-3, ema_decay: float = 0.998, log=print
-) -> None:
-    """Train the UNet and both text encoders (epsilon objective), resumable from ``out/unet_state.pt``;
-    the shipped weights are the EMA of the trained ones."""
+@seeded
+def train_unet(work: Path, steps: int, seed: int, bank: int = 40000, batch: int = 32, lr: float = 1e-3,
+               ema_decay: float = 0.998, log: Log = print):
+    """Stage 2: the UNet and both text encoders (epsilon objective) on the latents of ``WORK/vae``;
+    returns the pipeline with the EMA weights."""
     from diffusers import AutoencoderKL
 
-    torch.manual_seed(seed)
-    tok = _tokenizer()
-    vae = AutoencoderKL.from_pretrained(out / "vae").eval()
+    tok = tokenizer()
+    vae = AutoencoderKL.from_pretrained(work / "vae").eval()
     te1, te2 = build_text_encoders(tok)
     unet = build_sdxl_unet()
     scheduler = build_scheduler()
     log(json.dumps({"unet_params": sum(p.numel() for p in unet.parameters())}))
-    images, prompts = image_bank(40000, seed + 1)
+    images, prompts = image_bank(bank, seed + 1)
     latents = _encode_bank(vae, images)
     del images
-    stage = ResumableStage(out, "unet", torch.nn.ModuleList([unet, te1, te2]), lr, 200, seed, ema_decay, 500, log)
-    stage.run(unet, tok, te1, te2, scheduler.alphas_cumprod, latents, prompts, steps, batch, "unet")
-    unet, te1, te2 = stage.ema
-    assemble_sdxl(out, vae, te1, te2, tok, unet, scheduler)
+    modules = torch.nn.ModuleList([unet, te1, te2])
+    opt = torch.optim.AdamW(modules.parameters(), lr=lr, weight_decay=1e-2)
+    stage = TrainStage(work, "unet", modules, opt, warmup_schedule(opt, 200), seed, every=500, log=log,
+                       ema_decay=ema_decay)
+
+    def loss(g: torch.Generator) -> dict[str, torch.Tensor]:
+        idx = torch.randint(0, len(latents), (batch,), generator=g)
+        return {"loss": epsilon_loss(unet, tok, te1, te2, scheduler.alphas_cumprod, latents[idx],
+                                     [prompts[i] for i in idx], g)}
+
+    stage.run(steps, loss)
+    unet, te1, te2 = stage.weights
+    return assemble(vae, te1, te2, tok, unet, scheduler)
 
 
-def assemble_sdxl(out: Path, vae, te1, te2, tok, unet, scheduler) -> None:
-    """Save the components as one ``StableDiffusionXLPipeline`` folder (atomically)."""
+def assemble(vae, te1, te2, tok, unet, scheduler):
     from diffusers import StableDiffusionXLPipeline
 
-    pipe = StableDiffusionXLPipeline(
+    return StableDiffusionXLPipeline(
         vae=vae.eval(), text_encoder=te1.eval(), text_encoder_2=te2.eval(), tokenizer=tok, tokenizer_2=tok,
         unet=unet.eval(), scheduler=scheduler, force_zeros_for_empty_prompt=False,
     )
-    save_atomic(pipe, out / "pipeline")
-    write_defaults(out / "pipeline", {"family": "sdxl", **SAMPLING_DEFAULTS})
+
+
+def save_pipeline(pipe, out: Path) -> None:
+    """Save as ``out`` (``save_pretrained`` + sampling defaults, atomically)."""
+    from mmalign.generators.sdxl import SDXLGenerator
+
+    save_generator(SDXLGenerator(pipe, device=torch.device("cpu"), defaults=SAMPLING_DEFAULTS), out)
+
+
+def evaluate_model(folder: Path, n: int = 200, seed: int = 0) -> dict[str, Any]:
+    """:func:`~mmalign.synth.evaluate.evaluate_generator` of the model in ``folder`` on ``n`` held-out prompts."""
+    from mmalign.synth.evaluate import evaluate_generator
+
+    return {**evaluate_generator(str(folder), n=n, seed=seed), "generator": NAME}
+
+
+def _vae_stage(args: argparse.Namespace, work: Path, out: Path, log: Log) -> None:
+    train_vae(work, args.vae_steps, args.seed, bank=args.vae_bank, log=log)
+
+
+def _unet_stage(args: argparse.Namespace, work: Path, out: Path, log: Log) -> None:
+    save_pipeline(train_unet(work, args.steps, args.seed, bank=args.bank, batch=args.batch, log=log), out)
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", choices=["synth-sdxl"], default="synth-sdxl",
-                   help="synth-video and synth-audio have their own scripts: mmalign.synth.train_video / train_audio")
-    p.add_argument("--stage", choices=["all", "vae", "unet"], default="all", help="synth-sdxl stages")
-    p.add_argument("--vae-steps", type=int, default=600)
-    p.add_argument("--steps", type=int, default=8000, help="UNet training steps")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
-    p.add_argument("--work", type=Path, default=None, help="work folder (default: assets/models/<model>.work)")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    work = args.work or asset_path("models", args.model + ".work")
-    log = run_log(work)
-
-    t0 = time.time()
-    if args.stage in ("all", "vae"):
-        train_vae(work, args.vae_steps, args.seed, log=log)
-        log(json.dumps({"stage": "vae", "done_s": time.time() - t0}))
-    if args.stage in ("all", "unet"):
-        train_sdxl_unet(work, args.steps, args.seed, batch=args.batch, log=log)
-        log(json.dumps({"stage": "unet", "done_s": time.time() - t0}))
-    print(f"done in {(time.time() - t0) / 60:.1f} min; pipeline in {work / 'pipeline'}")
+    args = trainer_parser(__doc__, ("vae", "unet"), vae_steps=600, steps=8000, batch=32, bank=40000, eval_n=200,
+                          vae_bank=20000).parse_args(argv)
+    run_trainer(args, NAME, {"vae": _vae_stage, "unet": _unet_stage}, evaluate_model)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """``mmalign demo``: the main job on the embedded default, end to end, with a measured effect.
 
+This is where the synthetic world is wired into the generic loop: its prompts, its oracle and its
+simulated annotators measure what the generic trainer did.
+
 1. load the shipped synthetic-world generator (``synth-sdxl`` for images) and scorer (``synth-hps``);
 2. build preference data on *train* prompts: k samples per prompt, scored, best vs worst
    (``mmalign pairs``);
@@ -12,36 +15,36 @@
 
 from __future__ import annotations
 
+import shutil
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Sequence
 
 import numpy as np
+from pydantic import Field
 from rich.console import Console
 from rich.table import Table
 
-from mmalign.errors import ConfigError
+from mmalign.cards import Card, apply_overrides, validate
 from mmalign.fileio import atomic_write_json
 from mmalign.stats import bootstrap_ci
 
 
-@dataclass
-class DemoConfig:
-    """One demo run; every field can be changed from the CLI with ``--set key=value``."""
+class DemoConfig(Card):
+    """One demo run; every field can be changed from the CLI with ``mmalign demo --set key=value``."""
 
-    modality: str = "image"
-    generator: str = "synth-sdxl"
-    scorer: str = "synth-hps"
-    recipe: str = "synth-diffusion-dpo"
-    train_prompts: int = 192
-    k: int = 4
-    val_prompts: int = 32
-    eval_prompts: int = 256
-    annotators: int = 20  # each judges every pair with its own noise; a bigger panel only narrows the CI
-    batch_size: int = 32
-    seed: int = 0
-    overrides: list[str] = field(default_factory=list)
+    modality: Literal["image", "video", "audio"] = Field("image", description="Which shipped generator to align")
+    generator: str = Field("synth-sdxl", description="Generator preset, folder or hub id")
+    scorer: str = Field("synth-hps", description="Reward scorer the preference data is built with")
+    recipe: str = Field("synth-diffusion-dpo", description="Training recipe (shipped name or file)")
+    recipe_overrides: list[str] = Field(default_factory=list, description="Extra --set overrides of the recipe, e.g. ['max_steps=100']")
+    train_prompts: int = Field(192, gt=0, description="Train-split prompts the preference data is built from")
+    k: int = Field(4, ge=2, description="Samples per prompt; best vs worst becomes one pair")
+    val_prompts: int = Field(32, gt=0, description="Other train-split prompts for the validation curve")
+    eval_prompts: int = Field(256, gt=0, description="Held-out prompts of the final comparison")
+    annotators: int = Field(20, gt=0, description="Simulated annotators; each judges every pair with its own noise (a bigger panel narrows the CI)")
+    batch_size: int = Field(32, gt=0, description="Sampling batch size")
+    seed: int = Field(0, description="Seed of prompts, sampling, training and the bootstrap")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -53,15 +56,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def demo_config(modality: str = "image", **changes: Any) -> DemoConfig:
-    if modality not in PRESETS:
-        raise ConfigError(f"demo: unknown modality {modality!r}; choose one of {sorted(PRESETS)}")
-    cfg = DemoConfig(modality=modality, **PRESETS[modality])
-    for k, v in changes.items():
-        if not hasattr(cfg, k):
-            raise ConfigError(f"demo: unknown setting {k!r}; valid: {sorted(asdict(cfg))}")
-        setattr(cfg, k, type(getattr(cfg, k))(v) if not isinstance(getattr(cfg, k), list) else v)
-    return cfg
+def demo_config(modality: str = "image", overrides: Sequence[str] = (), **changes: Any) -> DemoConfig:
+    """The modality's preset, then ``changes``, then ``--set`` ``overrides``, validated as one :class:`DemoConfig`."""
+    data = {"modality": modality, **PRESETS.get(modality, {}), **changes}
+    return validate(apply_overrides(data, overrides, DemoConfig, where="demo"), DemoConfig, where="demo")
 
 
 def validation_prompts(modality: str, n: int, seed: int, exclude: list[str]) -> list[str]:
@@ -134,9 +132,12 @@ def _table(report: dict[str, Any], title: str) -> Table:
     return t
 
 
-def run_demo(modality: str | None = "image", seed: int = 0, out: Path | None = None, overrides: list[str] | None = None,
+def run_demo(modality: str = "image", seed: int = 0, out: Path | None = None, overrides: Sequence[str] = (),
              quiet: bool = False, **changes: Any) -> dict[str, Any]:
-    """Run the demo; returns (and writes to ``out/report.json``) the measured comparison."""
+    """Run the demo; returns (and writes to ``out/report.json``) the measured comparison.
+
+    ``overrides`` are ``--set key=value`` changes of :class:`DemoConfig`, applied after ``changes``.
+    """
     from mmalign.align.trainer import lora_disabled, train
     from mmalign.data.build import build_preferences
     from mmalign.generators import load_generator
@@ -144,8 +145,7 @@ def run_demo(modality: str | None = "image", seed: int = 0, out: Path | None = N
     from mmalign.scoring import load_scorer
     from mmalign.synth.prompts import sample_prompts
 
-    cfg = demo_config(modality or "image", seed=seed, **changes)
-    cfg.overrides = list(overrides or [])
+    cfg = demo_config(modality, overrides, seed=seed, **changes)
     console = Console(quiet=quiet)
     out = Path(out or f"runs/demo-{cfg.modality}")
     out.mkdir(parents=True, exist_ok=True)
@@ -168,13 +168,11 @@ def run_demo(modality: str | None = "image", seed: int = 0, out: Path | None = N
     console.print(f"2/3 training ({cfg.recipe}), validating on {cfg.val_prompts} other train-split prompts")
     run_dir = out / "train"
     if (run_dir / "checkpoints").exists():
-        import shutil
-
         shutil.rmtree(run_dir)
     result = train(cfg.recipe, overrides=[
         f"data.path={data.pairs}", f"output_dir={run_dir}", f"data.cache_dir={out / 'cache'}",
-        f"eval.prompts={out / 'val_prompts.txt'}", f"eval.n_prompts={cfg.val_prompts}", f"seed={cfg.seed}",
-        f"progress={not quiet}", *cfg.overrides,
+        f"eval.prompts={out / 'val_prompts.txt'}", "eval.n_prompts=null", f"seed={cfg.seed}",
+        f"progress={not quiet}", *cfg.recipe_overrides,
     ], generator=gen)
     timings["train_s"] = time.perf_counter() - t0 - timings["data_s"]
 
@@ -194,7 +192,7 @@ def run_demo(modality: str | None = "image", seed: int = 0, out: Path | None = N
         grid.save(out / "before_after.png")
     elif cfg.modality == "video":
         video_contact_sheet(type(base).cat([base[show[:6]], aligned[show[:6]]])).save(out / "before_after.png")
-    report.update(config=asdict(cfg), pairs=data.n_pairs, train={"steps": result.steps, "stopped": result.stopped,
+    report.update(config=cfg.model_dump(mode="json"), pairs=data.n_pairs, train={"steps": result.steps, "stopped": result.stopped,
                   "best_step": result.best_step, "eval_history": result.eval_history}, timings=timings)
     atomic_write_json(out / "report.json", report)
     console.print(_table(report, f"base vs aligned on {cfg.eval_prompts} held-out prompts (95% bootstrap CIs)"))

@@ -1,7 +1,10 @@
 """Train the shipped synth scorers on simulated-annotator data of the synthetic world.
 
-    python -m mmalign.scoring.train_synth --scorer synth-hps   # → assets/models/synth-hps/
-    python -m mmalign.scoring.train_synth --scorer synth-clap  # → assets/models/synth-clap/
+    python -m mmalign.zoo.train_scorers --scorer synth-hps --generator synth-sdxl --n-generated 1500
+    python -m mmalign.zoo.train_scorers --scorer synth-clap
+
+Each writes the folder its card loads (``assets/models/synth-hps/``, ``assets/models/synth-clap/``) with
+``train_report.json``, the held-out evaluation, next to the weights.
 
 Data: prompts of the train split; for each, ``k`` candidates rendered by ``mmalign.synth.render``
 and *corrupted* so faithfulness and quality vary — half are renders of a near-miss prompt (one
@@ -31,18 +34,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from mmalign.checkpoint import atomic_folder
 from mmalign.fileio import atomic_write_json
 from mmalign.media import AudioBatch, ImageBatch
 from mmalign.paths import asset_path
 from mmalign.scoring.tokenizer import WordTokenizer
+from mmalign.zoo.stages import seeded
 
 HPS_CONFIG = {
     "embed_dim": 64,
@@ -53,6 +56,7 @@ HPS_ARCH = "synth-hps-vit"
 
 
 # -- models -------------------------------------------------------------------------------------------
+@seeded
 def build_synth_hps(tokenizer: WordTokenizer, seed: int = 0):
     """A random-init synth-hps scorer (open_clip CLIP registered under ``synth-hps-vit``)."""
     import open_clip
@@ -65,7 +69,6 @@ def build_synth_hps(tokenizer: WordTokenizer, seed: int = 0):
     cfg["text_cfg"]["context_length"] = tokenizer.context_length
     name = f"{HPS_ARCH}-v{tokenizer.vocab_size}"
     register_open_clip_config(name, cfg)
-    torch.manual_seed(seed)
     model = open_clip.create_model(name, pretrained=None)
     scorer = ClipScorer(model, tokenizer, ImagePreprocess("letterbox", 32), formula="cosine", name="synth-hps", bt_scale=20.0)
     return scorer, cfg
@@ -83,13 +86,13 @@ def clap_configs(tokenizer: WordTokenizer) -> tuple[dict, dict]:
     return dict(text_config=text, audio_config=audio, projection_dim=64), fe
 
 
+@seeded
 def build_synth_clap(tokenizer: WordTokenizer, seed: int = 0):
     from transformers import ClapConfig, ClapFeatureExtractor, ClapModel
 
     from mmalign.scoring.clap import ClapScorer, MelFrontend
 
     cfg, fe_kw = clap_configs(tokenizer)
-    torch.manual_seed(seed)
     model = ClapModel(ClapConfig(**cfg))
     fe = ClapFeatureExtractor(**fe_kw)
     return ClapScorer(model, tokenizer.hf, MelFrontend.from_extractor(fe), name="synth-clap"), fe
@@ -173,24 +176,26 @@ def group_pairs(media, prompts: list[str], k: int, annotators):
 # -- saving -------------------------------------------------------------------------------------------
 
 def save_synth_hps(scorer, cfg: dict, out: Path) -> None:
+    """The open_clip folder ``load_scorer("synth-hps")`` reads, written through a temporary folder and a rename."""
     from mmalign.scoring.train import save_open_clip_folder
 
-    save_open_clip_folder(scorer, cfg, out)
+    atomic_folder(out, lambda tmp: save_open_clip_folder(scorer, cfg, tmp))
 
 
 def save_synth_clap(scorer, fe, tokenizer: WordTokenizer, out: Path) -> None:
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    scorer.model.save_pretrained(str(tmp))
-    fe.save_pretrained(str(tmp))
-    tokenizer.save(tmp / "tokenizer.json")
-    out.mkdir(parents=True, exist_ok=True)
-    for f in tmp.iterdir():
-        os.replace(f, out / f.name)
-    tmp.rmdir()
+    """The ``ClapModel`` folder (weights, feature extractor, word tokenizer) ``load_scorer("synth-clap")`` reads,
+    written through a temporary folder and a rename."""
+
+    def write(tmp: Path) -> None:
+        scorer.model.save_pretrained(str(tmp))
+        fe.save_pretrained(str(tmp))
+        tokenizer.save(tmp / "tokenizer.json")
+
+    atomic_folder(out, write)
 
 
 # -- main ---------------------------------------------------------------------------------------------
+@seeded
 def run(scorer_name: str, out: Path, seed: int = 0, n_train: int = 600, n_eval: int = 150, k: int = 4, steps: int = 1500,
         batch_size: int = 64, lr: float = 5e-4, label_annotators: int = 1, generator: str | None = None,
         n_generated: int = 600, k_generated: int | None = None, log=print) -> dict:
@@ -199,7 +204,6 @@ def run(scorer_name: str, out: Path, seed: int = 0, n_train: int = 600, n_eval: 
     from mmalign.synth.annotators import Annotator, agreement
     from mmalign.synth.prompts import VOCABULARY
 
-    torch.manual_seed(seed)
     modality = "image" if scorer_name == "synth-hps" else "audio"
     tok = WordTokenizer(VOCABULARY, context_length=16)
     t0 = time.time()
@@ -299,7 +303,7 @@ def _agree_with_truth(scores: torch.Tensor, utility: torch.Tensor, k: int) -> fl
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scorer", choices=["synth-hps", "synth-clap"], required=True)
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None, help="scorer folder (default: assets/models/<scorer>, the one its card loads)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-train", type=int, default=1500, help="train prompts of rendered, corrupted groups")
     ap.add_argument("--n-eval", type=int, default=150)
@@ -310,10 +314,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--generator", default=None, help="also train on groups sampled from this generator (HPD v2 style)")
     ap.add_argument("--n-generated", type=int, default=600, help="train prompts sampled from --generator")
     ap.add_argument("--k-generated", type=int, default=4, help="samples per prompt from --generator (all pairs are labelled)")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    np.random.seed(args.seed)
     out = args.out or asset_path("models", args.scorer)
     run(args.scorer, out, args.seed, args.n_train, args.n_eval, 4, args.steps, args.batch_size, args.lr,
         args.label_annotators, args.generator, args.n_generated, args.k_generated, log=lambda s: print(s, flush=True))

@@ -1,7 +1,7 @@
 """Train ``synth-video``, the shipped tiny text-to-video model of the synthetic world (seeded, CPU, resumable).
 
-    python -m mmalign.synth.train_video                     # VAE, then DiT + text encoder, then held-out eval
-    python -m mmalign.synth.train_video --stage dit --steps 4000
+    python -m mmalign.zoo.train_video                       # VAE, then DiT + text encoder, then held-out eval
+    python -m mmalign.zoo.train_video --stage dit --steps 4000
 
 ``synth-video`` is a real :class:`~diffusers.WanPipeline` (Wan 2.1 class): a tiny causal-3D
 ``AutoencoderKLWan`` (9 frames of 32×32 ↔ 5 × 8×8×8 latents: 2× in time, 4× in space), a tiny T5
@@ -10,7 +10,9 @@ rectified-flow velocity objective of :class:`~mmalign.generators.wan.WanAdapter`
 for classifier-free guidance). A DiT is used rather than AnimateDiff on ``synth-sdxl`` because every
 DiT block cross-attends to the prompt from every space-time token (3D RoPE gives each token its frame),
 whereas AnimateDiff's motion modules never see the text: the AnimateDiff model trained here ignored
-the direction of motion (``benchmarks/probe_video_direction.py``).
+the direction of motion (``benchmarks/probe_video_direction.py``). The pipeline goes to
+``assets/models/synth-video/`` (what ``load_generator("synth-video")`` loads) with ``eval.json``, the
+oracle's accuracy on held-out prompts.
 
 Stop any stage with ``touch WORK/STOP``; running the same command again resumes it.
 """
@@ -19,18 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from mmalign.synth.checkpoint import add_run_args, save_atomic, start_run
+from mmalign.checkpoint import Log, atomic_folder
 from mmalign.synth.prompts import sample_prompts
 from mmalign.synth.render import render
-from mmalign.synth.train import ResumableStage
+from mmalign.zoo.stages import TrainStage, run_trainer, save_generator, seeded, trainer_parser, warmup_schedule
 
 NAME = "synth-video"
 FRAMES = 9  # Wan's causal VAE takes 1 + k·(time compression) frames
@@ -86,30 +86,31 @@ def video_bank(n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
     return torch.cat(chunks), prompts
 
 
+@seeded
 def train_vae(work: Path, steps: int, seed: int, batch: int = 4, lr: float = 2e-3, bank: int = 4000,
-              log=print) -> None:
+              log: Log = print) -> None:
     """Stage 1: the causal 3D VAE on whole 9-frame clips (MSE + 1e-4 KL per latent element); then the
-    per-channel ``latents_mean`` / ``latents_std`` that ``WanPipeline`` un-normalises with."""
-    torch.manual_seed(seed)
+    per-channel ``latents_mean`` / ``latents_std`` that ``WanPipeline`` un-normalises with; saved (EMA
+    weights) as ``WORK/vae``."""
     vae = build_vae()
     videos = video_bank(bank, seed)[0].permute(0, 2, 1, 3, 4) * 2 - 1  # [n, 3, T, H, W] in [-1, 1]
-    stage = ResumableStage(work, "vae", torch.nn.ModuleList([vae]), lr, 100, seed, 0.99, 100, log)
-    bar = tqdm(range(stage.step, steps), desc="vae", mininterval=5, initial=stage.step, total=steps)
-    for _ in bar:
-        x = videos[torch.randint(0, len(videos), (batch,), generator=stage.rng)]
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=1e-2)
+    stage = TrainStage(work, "vae", vae, opt, warmup_schedule(opt, 100), seed, every=100, log=log, ema_decay=0.99)
+
+    def loss(g: torch.Generator) -> dict[str, torch.Tensor]:
+        x = videos[torch.randint(0, len(videos), (batch,), generator=g)]
         post = vae.encode(x).latent_dist
-        z = post.sample(generator=stage.rng)
+        z = post.sample(generator=g)
         kl = post.kl().mean() / z[0].numel()
-        loss = F.mse_loss(vae.decode(z).sample, x) + 1e-4 * kl
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        if stage.update(loss, steps):
-            return
-    vae = stage.ema[0].eval()
+        return {"loss": F.mse_loss(vae.decode(z).sample, x) + 1e-4 * kl, "kl": kl}
+
+    stage.run(steps, loss)
+    vae = stage.weights.eval()
     with torch.no_grad():
         z = torch.cat([vae.encode(videos[i : i + 50]).latent_dist.mode() for i in range(0, min(bank, 400), 50)])
     dims = (0, 2, 3, 4)
     vae.register_to_config(latents_mean=z.mean(dims).tolist(), latents_std=z.std(dims).tolist())
-    save_atomic(vae, work / "vae")
+    atomic_folder(work / "vae", vae.save_pretrained)
 
 
 def assemble(vae, te, tok, transformer, scheduler):
@@ -119,8 +120,9 @@ def assemble(vae, te, tok, transformer, scheduler):
                        scheduler=scheduler)
 
 
+@seeded
 def train_dit(work: Path, steps: int, seed: int, batch: int = 16, lr: float = 1e-3, ema_decay: float = 0.998,
-              bank: int = 4000, log=print):
+              bank: int = 4000, log: Log = print):
     """Stage 2: the DiT and the T5 encoder with :class:`~mmalign.generators.wan.WanAdapter`'s objective
     (``noise`` / ``target`` / ``predict`` / ``encode_prompts``); returns the pipeline with EMA weights."""
     from diffusers import AutoencoderKLWan
@@ -128,7 +130,6 @@ def train_dit(work: Path, steps: int, seed: int, batch: int = 16, lr: float = 1e
     from mmalign.generators.wan import WanGenerator
     from mmalign.media import VideoBatch
 
-    torch.manual_seed(seed)
     tok = tokenizer()
     vae = AutoencoderKLWan.from_pretrained(work / "vae").eval().requires_grad_(False)
     te, transformer = build_text_encoder(tok), build_transformer()
@@ -142,22 +143,22 @@ def train_dit(work: Path, steps: int, seed: int, batch: int = 16, lr: float = 1e
     log(json.dumps({"latents": list(latents.shape), "latent_std": latents.std().item()}))
     transformer.train()
     te.train()
-    stage = ResumableStage(work, "dit", torch.nn.ModuleList([transformer, te]), lr, 200, seed, ema_decay,
-                           250, log)
-    g = stage.rng
-    bar = tqdm(range(stage.step, steps), desc="dit", mininterval=5, initial=stage.step, total=steps)
-    for _ in bar:
+    modules = torch.nn.ModuleList([transformer, te])
+    opt = torch.optim.AdamW(modules.parameters(), lr=lr, weight_decay=1e-2)
+    stage = TrainStage(work, "dit", modules, opt, warmup_schedule(opt, 200), seed, every=250, log=log,
+                       ema_decay=ema_decay)
+
+    def loss(g: torch.Generator) -> dict[str, torch.Tensor]:
         idx = torch.randint(0, len(latents), (batch,), generator=g)
         x0 = latents[idx]
         texts = [prompts[i] if torch.rand((), generator=g) > 0.1 else "" for i in idx.tolist()]
         noise = torch.randn(x0.shape, generator=g)
         t = adapter.sample_timesteps(batch, generator=g)
         pred = adapter.predict(adapter.noise(x0, noise, t), t, adapter.encode_prompts(texts))
-        loss = F.mse_loss(pred, adapter.target(x0, noise, t))
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        if stage.update(loss, steps):
-            break
-    transformer, te = stage.ema
+        return {"loss": F.mse_loss(pred, adapter.target(x0, noise, t))}
+
+    stage.run(steps, loss)
+    transformer, te = stage.weights
     return assemble(vae, te, tok, transformer, build_scheduler())
 
 
@@ -166,7 +167,7 @@ def save_pipeline(pipe, out: Path, shift: float) -> None:
     from mmalign.generators.wan import WanGenerator
 
     pipe.scheduler = build_scheduler(shift)
-    save_atomic(WanGenerator(pipe, device=torch.device("cpu"), defaults=SAMPLING_DEFAULTS), out)
+    save_generator(WanGenerator(pipe, device=torch.device("cpu"), defaults=SAMPLING_DEFAULTS), out)
 
 
 def evaluate_model(folder: Path, n: int = 200, seed: int = 0) -> dict[str, Any]:
@@ -189,34 +190,18 @@ def evaluate_model(folder: Path, n: int = 200, seed: int = 0) -> dict[str, Any]:
     return result
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", choices=["all", "vae", "dit", "eval"], default="all")
-    p.add_argument("--vae-steps", type=int, default=1200)
-    p.add_argument("--steps", type=int, default=8000, help="DiT training steps")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--bank", type=int, default=4000, help="rendered training videos per stage")
-    p.add_argument("--shift", type=float, default=1.0, help="flow-matching timestep shift used for sampling")
-    add_run_args(p, NAME)
-    p.add_argument("--eval-n", type=int, default=200, help="held-out prompts for the oracle evaluation")
-    args = p.parse_args(argv)
-    work, out, log = start_run(args, NAME)
-    t0 = time.time()
-    if args.stage in ("all", "vae"):
-        train_vae(work, args.vae_steps, args.seed, bank=args.bank, log=log)
-        log(json.dumps({"stage": "vae", "done_s": time.time() - t0}))
-    if args.stage in ("all", "dit"):
-        save_pipeline(train_dit(work, args.steps, args.seed, batch=args.batch, bank=args.bank, log=log), out, args.shift)
-        log(json.dumps({"stage": "dit", "done_s": time.time() - t0}))
-    if args.stage in ("all", "dit", "eval"):
-        from mmalign.fileio import atomic_write_json
+def _vae_stage(args: argparse.Namespace, work: Path, out: Path, log: Log) -> None:
+    train_vae(work, args.vae_steps, args.seed, bank=args.vae_bank, log=log)
 
-        result = evaluate_model(out, n=args.eval_n, seed=0)
-        result["train_wall_s"] = round(time.time() - t0, 1)
-        atomic_write_json(out / "eval.json", result)
-        log(json.dumps({"stage": "eval", **result}))
-        print(json.dumps(result))
-    print(f"done in {(time.time() - t0) / 60:.1f} min; pipeline in {out}")
+
+def _dit_stage(args: argparse.Namespace, work: Path, out: Path, log: Log) -> None:
+    save_pipeline(train_dit(work, args.steps, args.seed, batch=args.batch, bank=args.bank, log=log), out, args.shift)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = trainer_parser(__doc__, ("vae", "dit"), vae_steps=1200, steps=8000, batch=16, bank=4000, eval_n=200)
+    p.add_argument("--shift", type=float, default=1.0, help="flow-matching timestep shift used for sampling")
+    run_trainer(p.parse_args(argv), NAME, {"vae": _vae_stage, "dit": _dit_stage}, evaluate_model)
 
 
 if __name__ == "__main__":

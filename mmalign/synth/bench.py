@@ -1,17 +1,23 @@
-"""Backbones of the synthetic world, so the synth suites run on CPU with no downloaded weights.
+"""Benchmark backbones of the synthetic world, so the synth suites run on CPU with no downloaded weights.
+
+The synth suites name this module as their ``plugin`` (``assets/suites/synth-*/suite.yaml``); importing it
+registers the backbones with :func:`mmalign.bench.backbones.register_backbone`:
 
 * ``synth-hps`` — the image and text towers of the shipped ``synth-hps`` scorer (trained on
   simulated annotators), the stand-in for CLIP/DINO features and for ViCLIP text–video similarity;
 * ``synth-oracle-quality`` / ``synth-oracle-iqa`` — the oracle's per-frame image quality (palette
   noise × edge sharpness, :func:`mmalign.synth.oracle.image_quality`) on VBench's aesthetic (0–1)
   and imaging (0–100) scales; exact, not a learned model;
-* ``synth-oracle-checks`` — the oracle's skill checks, faithfulness and quality of the whole item.
+* ``synth-oracle-checks`` — the oracle's skill checks, faithfulness and quality of the whole item;
+* ``synth-oracle`` — a :class:`~mmalign.bench.detectors.Detector` from the oracle's palette segmentation
+  (:class:`SynthOracleDetector`) for the semantic dimensions that VBench answers with GRiT / Tag2Text.
 
 Each backbone's ``note`` says what it stands in for; reports print it next to the scores.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +33,10 @@ from mmalign.bench.backbones import (
     ScoreBackbone,
     register_backbone,
 )
+from mmalign.bench.detectors import Detection, register_detector
+from mmalign.media import ImageBatch, VideoBatch
+from mmalign.synth.oracle import evaluate, find_blobs, image_quality
+from mmalign.synth.prompts import parse_prompt
 
 
 def backbone_from_scorer(scorer, name: str, note: str = "", device: torch.device | None = None) -> FeatureBackbone:
@@ -51,14 +61,12 @@ def _synth_hps(ctx: LoadContext) -> Backbone:
         scorer = load_scorer("synth-hps", device=str(ctx.device))
     except Exception as err:
         raise BackboneMissing(f"synth-hps scorer not available ({type(err).__name__}: {err}); "
-                              "train it into assets/models/synth-hps") from err
+                              "train it with `python -m mmalign.zoo.train_scorers --scorer synth-hps`") from err
     return backbone_from_scorer(scorer, "synth-hps", "stand-in: synth-hps scorer towers (not DINO/CLIP/ViCLIP)", ctx.device)
 
 
 def _oracle_frame_quality(scale: float) -> Callable[[torch.Tensor], torch.Tensor]:
     def score(frames: torch.Tensor) -> torch.Tensor:
-        from mmalign.synth.oracle import image_quality
-
         vals = [image_quality(f.float().numpy() / 255.0)["quality"] for f in frames]
         return torch.tensor(vals, dtype=torch.float64) * scale
 
@@ -81,10 +89,6 @@ class OracleBackbone(Backbone):
         self.kind = "oracle"
 
     def check(self, frames: torch.Tensor, prompt: str, modality: str) -> dict[str, Any]:
-        from mmalign.media import ImageBatch, VideoBatch
-        from mmalign.synth.oracle import evaluate
-        from mmalign.synth.prompts import parse_prompt
-
         x = frames.float() / 255.0
         media = ImageBatch(x[:1]) if modality == "image" else VideoBatch(x[None])
         r = evaluate(media, [prompt])
@@ -93,3 +97,28 @@ class OracleBackbone(Backbone):
 
 
 register_backbone("synth-oracle-checks")(lambda ctx: OracleBackbone("synth-oracle-checks", note="exact synth oracle"))
+
+
+class SynthOracleDetector:
+    """Detections of the synthetic world from its exact oracle (:func:`mmalign.synth.oracle.find_blobs`: palette
+    segmentation, connected components, shape from fill ratio) per frame: label = shape word, box = the
+    equal-area square around the blob's centre, dense caption = "a {color} {shape}", caption = the frame's objects."""
+
+    name = "synth-oracle"
+    note = "exact oracle of the synthetic world (palette segmentation), not GRiT/Tag2Text"
+
+    def detect(self, frames: torch.Tensor) -> list[list[Detection]]:
+        out = []
+        for f in frames:
+            dets = []
+            for b in find_blobs(f.float().numpy() / 255.0):  # [3, H, W] in [0, 1]
+                r = math.sqrt(b.area) / 2  # half side of the equal-area box
+                dets.append(Detection(b.shape, (b.cx - r, b.cy - r, b.cx + r, b.cy + r), 1.0, f"a {b.color} {b.shape}"))
+            out.append(dets)
+        return out
+
+    def caption(self, frames: torch.Tensor) -> list[str]:
+        return [" and ".join(d.caption for d in dets) for dets in self.detect(frames)]
+
+
+register_detector("synth-oracle", SynthOracleDetector)
