@@ -32,7 +32,7 @@ def _variant(name: str, steps: int, batch: int, res: int, warmup: int) -> dict:
 
     torch.set_num_threads(1)
     from mmalign.align.config import load_recipe
-    from mmalign.align.trainer import _add_lora, compute_loss, lora_disabled, step_generator
+    from mmalign.align.trainer import add_lora, compute_loss, lora_disabled, step_generator
     from mmalign.data.cache import EncodedData
     from mmalign.generators.sdxl import SDXLGenerator
     from mmalign.generators.tiny import build_tiny
@@ -64,7 +64,7 @@ def _variant(name: str, steps: int, batch: int, res: int, warmup: int) -> dict:
         pipe.vae = pipe.text_encoder = pipe.text_encoder_2 = None  # released once cached
         gc.collect()
     encode_s = time.perf_counter() - t0
-    _add_lora(recipe, adapter)
+    add_lora(recipe, adapter)
     params = [p for p in adapter.denoiser.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5)
     ref = lambda: lora_disabled(adapter.denoiser)  # noqa: E731

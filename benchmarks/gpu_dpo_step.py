@@ -75,8 +75,9 @@ def _peak() -> float:
 
 def run(variant: str, full: bool, steps: int, warmup: int, compile_unet: bool) -> dict:
     from mmalign.align.config import load_recipe
-    from mmalign.align.trainer import _add_lora, compute_loss, lora_disabled, step_generator
+    from mmalign.align.trainer import add_lora, compute_loss, lora_disabled, step_generator
     from mmalign.data.cache import EncodedData
+    from mmalign.generators.attention import set_attention_backend
     from mmalign.generators.sdxl import SDXLGenerator
     from mmalign.media import ImageBatch
 
@@ -104,7 +105,8 @@ def run(variant: str, full: bool, steps: int, warmup: int, compile_unet: bool) -
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
-    _add_lora(recipe, adapter)
+    add_lora(recipe, adapter)
+    set_attention_backend(adapter.denoiser, recipe.attention)
     if cuda:
         adapter.denoiser.enable_gradient_checkpointing()
     if compile_unet and variant != "script":

@@ -5,8 +5,9 @@ for files, :func:`atomic_folder` for folders), so a run killed at any moment (``
 previous state or the new one, never half of one.
 
 * Preference training: a checkpoint is a folder ``checkpoints/step-XXXXXXXX`` holding the trainable
-  weights (safetensors), the optimizer and LR-scheduler states, the RNG states (torch, CUDA, numpy,
-  python) and ``state.json`` (step, data position, eval history); ``latest`` names the newest one
+  weights (safetensors), the optimizer and LR-scheduler states and ``state.json`` (step, data
+  position, eval history); no RNG state, as the trainer's random draws come from generators seeded by
+  (seed, step), not from global state; ``latest`` names the newest one
   (:func:`save_checkpoint`, :func:`latest_checkpoint`, :func:`load_checkpoint`, :func:`clean_partial`).
 * Stages of the shipped models' trainers: :class:`StageCheckpoint` keeps the ``state_dict`` of each part
   (model, EMA, optimizer, ...), the data RNG and the step in one file, ``WORK/<stage>_state.pt``, and
@@ -17,13 +18,11 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -32,14 +31,6 @@ from mmalign.fileio import atomic_write, atomic_write_text
 
 PREFIX = "step-"
 Log = Callable[[str], None]
-
-
-def _rng_state() -> dict[str, Any]:
-    """The global RNG states of torch (and CUDA), numpy and python."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
 
 
 def _fsync(path: Path) -> None:
@@ -94,7 +85,6 @@ def save_checkpoint(root: Path, step: int, weights: dict[str, torch.Tensor], opt
         save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / "weights.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(_rng_state(), tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1), encoding="utf-8")
 
     final = atomic_folder(root / f"{PREFIX}{step:08d}", write)
@@ -125,17 +115,16 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict, dict[str, Any], dict[str, Any]]:
-    """(weights, optimizer state, scheduler state, rng state, state.json) of checkpoint ``path``."""
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict, dict[str, Any]]:
+    """(weights, optimizer state, scheduler state, state.json) of checkpoint ``path``."""
     try:
         weights = load_file(str(path / "weights.safetensors"))
         opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
         sched = torch.load(path / "scheduler.pt", map_location="cpu", weights_only=False)
-        rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=False)
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     except (OSError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"{path}: unreadable checkpoint ({e}); delete it to resume from the previous one") from e
-    return weights, opt, sched, rng, state
+    return weights, opt, sched, state
 
 
 class StageCheckpoint:

@@ -97,6 +97,16 @@ def test_bad_suite_files_are_one_line_naming_file_and_key(tmp_path, edit, fragme
     assert fragment in text and str(folder / "suite.yaml") in text
 
 
+def test_a_suite_plugin_registers_its_backbones():
+    """The synth suites name ``plugin: mmalign.synth.bench``; loading them makes its backbones known."""
+    from mmalign.bench.backbones import list_backbones
+
+    suite = load_suite("synth-video")
+    registered = set(list_backbones("synth-*"))
+    assert {b for role in suite.backbones.values() for b in role if b.startswith("synth-")} <= registered
+    assert "dino-vitb16" not in registered and "dino-vitb16" in list_backbones()
+
+
 def test_suite_by_unknown_name_suggests_the_nearest():
     with pytest.raises(ConfigError, match="did you mean 'synth-video'"):
         load_card("synth-vidoe", SuiteCard, kind="suites")

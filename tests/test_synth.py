@@ -7,7 +7,8 @@ import torch
 
 from mmalign.errors import InputError
 from mmalign.media import AudioBatch, ImageBatch, VideoBatch
-from mmalign.synth.annotators import Annotator, agreement, make_rankings, panel_votes, write_pickapic_parquet
+from mmalign.data.pairs import read_pickapic
+from mmalign.synth.annotators import Annotator, agreement, panel_votes, write_pickapic_parquet
 from mmalign.synth.oracle import evaluate, find_blobs
 from mmalign.synth.prompts import (
     SKILLS,
@@ -153,13 +154,17 @@ def test_rankings_and_parquet(tmp_path):
         clean = render([p] * 3, seed=0)
         noisy = clean.pixels + torch.tensor([0.0, 0.1, 0.3]).view(3, 1, 1, 1) * torch.randn(3, 3, 32, 32)
         groups.append(ImageBatch(noisy.clamp(0, 1)))
-    ranks = make_rankings(groups, prompts, Annotator(seed=0, noise=0.0))
-    assert [r["ranking"] for r in ranks] == [[0, 1, 2], [0, 1, 2]]
+    annotator = Annotator(seed=0, noise=0.0)
+    assert [annotator.rank(g, p) for g, p in zip(groups, prompts)] == [[0, 1, 2], [0, 1, 2]]  # less noise ranks higher
     a, b = render(prompts, seed=0), render(prompts, seed=1)
-    path = write_pickapic_parquet(tmp_path / "pairs.parquet", a, b, prompts, torch.tensor([1.0, 0.5]))
+    path = write_pickapic_parquet(tmp_path / "pairs.parquet", a, b, prompts, torch.tensor([0.0, 0.5]))
     table = pq.read_table(path).to_pydict()
-    assert table["caption"] == prompts and table["label_0"] == [1.0, 0.5] and table["label_1"] == [0.0, 0.5]
+    assert table["caption"] == prompts and table["label_0"] == [0.0, 0.5] and table["label_1"] == [1.0, 0.5]
     assert table["jpg_0"][0][:4] == b"\x89PNG"
+    # the annotators are a preference source: the one Pick-a-Pic reader reads their file, winner first
+    pairs = read_pickapic(path, ties="keep")
+    assert [(p.prompt, p.label) for p in pairs] == [("a red circle", 1.0), ("a blue square", 0.5)]
+    assert pairs[0].chosen == table["jpg_1"][0] and pairs[0].rejected == table["jpg_0"][0]
 
 
 def test_audio_oracle_reads_register_tempo_timbre():

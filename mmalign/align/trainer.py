@@ -22,9 +22,9 @@ script (``examples/research_projects/diffusion_dpo/train_diffusion_dpo_sdxl.py``
 
 Every random draw comes from the run: noise, timesteps and prompt dropout from generators seeded
 by (seed, step, micro-step, process), the data order from one seeded by (seed, epoch), the LoRA
-init from the global RNG forked and seeded (:func:`mmalign.rng.owned_rng`). So a run does not
-depend on what ran before it (a cache build, an evaluation), and a run killed and resumed ends with
-the same weights as an uninterrupted one.
+init and any dropout from the global RNG forked and seeded for the purpose (:func:`mmalign.rng.owned_rng`).
+So a run does not depend on what ran before it (a cache build, an evaluation) and leaves the
+caller's RNG as it was, and a run killed and resumed ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -92,6 +92,11 @@ def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generat
     """A CPU generator for (seed, step, micro-step, process): stateless, hence resumable."""
     mixed = (((seed * 1_000_003 + step) * 1_009 + micro) * 131 + rank) % (2**63 - 1)
     return torch.Generator().manual_seed(mixed)
+
+
+def _dropout_seed(generator: torch.Generator) -> int:
+    """A seed for the global RNG of one micro-step, derived from its generator's seed but not equal to it."""
+    return (generator.initial_seed() * 6364136223846793005 + 1442695040888963407) % (2**63 - 1)
 
 
 def shared_noise(adapter: DiffusionAdapter, latent_shape: Sequence[int], batch: int, k: int,
@@ -434,7 +439,7 @@ class Trainer:
         path = latest_checkpoint(self.ckpt_root)
         if path is None:
             return None
-        weights, opt_state, sched_state, _, saved = load_checkpoint(path)
+        weights, opt_state, sched_state, saved = load_checkpoint(path)
         if saved.get("recipe") != _recipe_signature(self.recipe):
             old, new = saved.get("recipe", {}), _recipe_signature(self.recipe)
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
@@ -462,14 +467,16 @@ class Trainer:
             index = self.order.take(st.position + self.rank * r.batch_size, r.batch_size)
             st.position += r.batch_size * self.world
             gen = step_generator(r.seed, st.step, micro, self.rank)
-            loss, metrics = compute_loss(r, self.adapter, self.data, index, gen, self.device, self.reference,
-                                         self.accelerator.autocast)
-            if not torch.isfinite(loss):
-                raise CheckpointError(
-                    f"non-finite loss ({float(loss.detach())}) at step {st.step + 1}, micro-step {micro}; stopped before "
-                    f"the update. Last good checkpoint: {latest_checkpoint(self.ckpt_root) or 'none yet'}. Lower lr/beta, "
-                    f"use bf16 instead of fp16, or check the data, then resume with --resume")
-            self.accelerator.backward(loss / r.grad_accum)
+            # dropout (LoRA or the denoiser's) draws from the global RNG: seed it per micro-step, apart from gen
+            with owned_rng(_dropout_seed(gen), self.device):
+                loss, metrics = compute_loss(r, self.adapter, self.data, index, gen, self.device, self.reference,
+                                             self.accelerator.autocast)
+                if not torch.isfinite(loss):
+                    raise CheckpointError(
+                        f"non-finite loss ({float(loss.detach())}) at step {st.step + 1}, micro-step {micro}; stopped "
+                        f"before the update. Last good checkpoint: {latest_checkpoint(self.ckpt_root) or 'none yet'}. "
+                        f"Lower lr/beta, use bf16 instead of fp16, or check the data, then resume with --resume")
+                self.accelerator.backward(loss / r.grad_accum)
             parts.append(metrics)
         params = list(self.params.values())
         if self.world > 1:

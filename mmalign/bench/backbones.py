@@ -176,8 +176,9 @@ BACKBONES: Registry[BackboneFactory] = Registry("backbone")
 register_backbone = BACKBONES.register
 
 
-def list_backbones() -> list[str]:
-    return BACKBONES.names()
+def list_backbones(pattern: str = "*") -> list[str]:
+    """Registered backbone names matching the wildcard ``pattern`` (suites' plugins add theirs when loaded)."""
+    return BACKBONES.names(pattern)
 
 
 def load_backbone(name: str, ctx: LoadContext) -> Backbone:

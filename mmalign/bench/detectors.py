@@ -67,13 +67,15 @@ def register_detector(name: str, factory: Callable[[], Detector]) -> None:
 def _grit(ctx: LoadContext) -> Backbone:
     raise BackboneMissing(
         "GRiT (object_class, multiple_objects, color, spatial_relationship) needs detectron2 and is not bundled; "
-        "wrap it as a Detector and call mmalign.bench.detectors.register_detector('grit', factory)"
+        "wrap it as a Detector, register it with mmalign.bench.detectors.register_detector('my-grit', factory) "
+        "in a plugin module, and list 'my-grit' first for the detector role in your suite (with plugin: your.module)"
     )
 
 
 @register_backbone("tag2text")
 def _tag2text(ctx: LoadContext) -> Backbone:
-    raise BackboneMissing("Tag2Text (scene) is not bundled; register a captioning Detector as 'tag2text'")
+    raise BackboneMissing("Tag2Text (scene) is not bundled; register a captioning Detector under another name "
+                          "(register_detector) and list it first for the captioner role in your suite")
 
 
 @register_backbone("umt")

@@ -44,7 +44,7 @@ from mmalign.bench.backbones import (
 from mmalign.bench.detectors import Detection, DetectorBackbone
 from mmalign.bench.dimensions import Dimension, Sampling, get_dimension
 from mmalign.bench.suites import Item, Suite
-from mmalign.errors import InputError, MMAlignError
+from mmalign.errors import ConfigError, InputError, MMAlignError
 from mmalign.fileio import atomic_write, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -140,10 +140,15 @@ class SharedInputs:
     def has(self, role: str) -> bool:
         return role in self._bb.chosen
 
-    def _get(self, role: str) -> Backbone:
+    def _get(self, role: str, kind: type[Backbone] = Backbone) -> Backbone:
+        """The backbone chosen for ``role``; a ConfigError when the suite gave the role a backbone of another kind."""
         if role not in self._bb.chosen:
             raise BackboneMissing(f"role {role!r}: {self._bb.missing.get(role, 'not loaded')}")
-        return self._bb.chosen[role]
+        bb = self._bb.chosen[role]
+        if not isinstance(bb, kind):
+            raise ConfigError(f"role {role!r} needs a {kind.__name__}, but backbone {bb.name!r} is a {type(bb).__name__}; "
+                              "fix the suite's backbones for this role")
+        return bb
 
     def _memo(self, key: str, compute):
         if key not in self._cache:
@@ -185,8 +190,7 @@ class SharedInputs:
         return torch.stack(out)
 
     def flow(self, role: str, s: Sampling, wrap: bool = False) -> torch.Tensor:
-        bb = self._get(role)
-        assert isinstance(bb, FlowBackbone)
+        bb = self._get(role, FlowBackbone)
         idx = self._idx(s)
         key = f"flow:{bb.name}:" + ",".join(map(str, idx))
         mags = self._memo(key, lambda: bb.magnitudes(self._frames[idx[:-1]], self._frames[idx[1:]]).half())
@@ -198,14 +202,12 @@ class SharedInputs:
         return torch.cat([mags, wr]).float()
 
     def midpoints(self, role: str) -> torch.Tensor:
-        bb = self._get(role)
-        assert isinstance(bb, InterpBackbone)
+        bb = self._get(role, InterpBackbone)
         even = self._frames[0::2]
         return self._memo(f"interp:{bb.name}", lambda: bb.midpoints(even[:-1], even[1:]))
 
     def detections(self, role: str, s: Sampling) -> list[list[Detection]]:
-        bb = self._get(role)
-        assert isinstance(bb, DetectorBackbone)
+        bb = self._get(role, DetectorBackbone)
         idx = self._idx(s)
         uniq = sorted(set(idx))  # 'middle' sampling pads short videos by repeating the last index
         key = f"det:{bb.name}:" + ",".join(map(str, uniq))

@@ -10,6 +10,7 @@ import typer
 from mmalign.data.prompts import read_prompts
 from mmalign.errors import InputError
 from mmalign.fileio import atomic_write, atomic_write_jsonl
+from mmalign.generators.attention import BACKENDS
 from mmalign.media import ImageBatch, Media, VideoBatch, image_grid, save_media, video_contact_sheet
 
 
@@ -42,13 +43,14 @@ def sample_command(
     prompts_file: Optional[str] = typer.Option(None, "--prompts-file", help="text file (UTF-8, one prompt per line) or a shipped prompt set (synth-image-heldout, ...)"),
     n: int = typer.Option(4, "--n", help="samples per prompt"),
     seed: int = typer.Option(0, "--seed"),
-    steps: Optional[int] = typer.Option(None, "--steps", help="denoising steps (default: the model's)"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="denoising steps (default: the model's; diffusion models)"),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="audio tokens to generate (autoregressive models such as MusicGen; default: the model's)"),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="classifier-free guidance scale"),
     batch_size: int = typer.Option(8, "--batch-size"),
     out: Path = typer.Option(..., "--out", help="output folder"),
     grid: bool = typer.Option(False, "--grid", help="also write grid.png (images) / a frames contact sheet (video)"),
     device: str = typer.Option("auto", "--device"),
-    attention: str = typer.Option("sdpa", "--attention", help="sdpa | math | xformers | flash"),
+    attention: str = typer.Option("sdpa", "--attention", help=" | ".join(BACKENDS)),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
     """Sample N media per prompt with a fixed seed; writes media files and manifest.jsonl to OUT."""
@@ -58,7 +60,9 @@ def sample_command(
         raise InputError(f"--n {n} --batch-size {batch_size}: both must be at least 1")
     texts = _read_prompts(prompts, prompts_file)
     gen = load_generator(generator, device=device, attention=attention)
-    media = gen.sample(texts, n=n, seed=seed, steps=steps, guidance=guidance, batch_size=batch_size, progress=not quiet)
+    length = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+    media = gen.sample(texts, n=n, seed=seed, steps=steps, guidance=guidance, batch_size=batch_size, progress=not quiet,
+                       **length)
     paths = save_media(media, out, names=[f"{i:05d}" for i in range(len(media))])
     rows = []
     for i, path in enumerate(paths):

@@ -18,6 +18,7 @@ from mmalign.errors import InputError
 from mmalign.generators._common import expand_prompts, item_seeds, write_defaults
 from mmalign.generators.base import Generator
 from mmalign.media import AudioBatch
+from mmalign.rng import owned_rng
 
 
 class MusicGenGenerator(Generator, family="musicgen", modality="audio"):
@@ -55,11 +56,9 @@ class MusicGenGenerator(Generator, family="musicgen", modality="audio"):
             raise InputError(f"max_new_tokens must be >= 1 audio-token frame, got {tokens}")
         guidance = float(self.defaults["guidance"] if guidance is None else guidance)
         outs = []
-        devices = [self.device] if self.device.type == "cuda" else []
         for prompt, s in tqdm(list(zip(items, seeds)), desc="sampling musicgen", disable=not progress):
             inputs = self.tokenizer([prompt], return_tensors="pt", padding=True).to(self.device)
-            with torch.random.fork_rng(devices=devices), torch.no_grad():
-                torch.manual_seed(s)
+            with owned_rng(s, self.device), torch.no_grad():  # generate() samples from the global RNG
                 audio = self.model.generate(**inputs, do_sample=True, guidance_scale=guidance, max_new_tokens=tokens,
                                             **kwargs)
             outs.append(audio.float().cpu())

@@ -18,6 +18,7 @@ from mmalign.errors import InputError
 from mmalign.generators._common import write_defaults
 from mmalign.paths import asset_path
 from mmalign.registry import Registry
+from mmalign.rng import owned_rng
 
 #: family -> function building its tiny pipeline
 TINY: Registry[Callable[..., Any]] = Registry("tiny generator family")
@@ -229,8 +230,7 @@ def _musicgen():
 def build_tiny(family: str, seed: int = 0, **options: Any) -> Any:
     """A tiny random pipeline of ``family`` (``options``: e.g. ``prediction_type="v_prediction"`` for sd/sdxl)."""
     builder = TINY.get(family)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with owned_rng(seed):
         return builder(**options)
 
 

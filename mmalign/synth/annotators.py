@@ -7,8 +7,9 @@ below ``tie_margin`` it reports a tie (label 0.5), as Pick-a-Pic raters may. K-w
 the noisy utilities. Two annotators with different seeds disagree as people do, which gives the
 agreement ceiling a learned scorer is compared with (HPSv2 reports 83.3% vs a single human's 78.1%).
 
-Writers produce Pick-a-Pic-style pair data (parquet with ``jpg_0, jpg_1, label_0, label_1,
-caption``) and JSONL manifests of pairs and k-wise rankings.
+They are a preference source like any user's data: :func:`write_pickapic_parquet` writes their
+choices as Pick-a-Pic parquet (``jpg_0, jpg_1, label_0, label_1, caption``), which
+:func:`mmalign.data.pairs.read_pickapic` reads for training.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from mmalign.errors import InputError
+from mmalign.fileio import atomic_write
 from mmalign.media import ImageBatch, Media
 from mmalign.synth.oracle import evaluate
 
@@ -127,24 +129,4 @@ def write_pickapic_parquet(path: str | os.PathLike, a: ImageBatch, b: ImageBatch
             "label_1": [1.0 - float(v) for v in labels],
         }
     )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-
-
-def make_pairs(a: Media, b: Media, prompts: Sequence[str], annotator: Annotator) -> list[dict]:
-    """Pair records ``{prompt, index, label}`` (label 1 = a wins, 0 = b wins, 0.5 = tie) for items ``a[i]``, ``b[i]``."""
-    labels = annotator.choose(a, b, prompts)
-    return [{"prompt": p, "index": i, "label": float(v)} for i, (p, v) in enumerate(zip(prompts, labels))]
-
-
-def make_rankings(groups: Sequence[Media], prompts: Sequence[str], annotator: Annotator) -> list[dict]:
-    """Ranking records ``{prompt, ranking}`` (item indices, best first), one per group of k items."""
-    if len(groups) != len(prompts):
-        raise InputError(f"make_rankings: {len(groups)} groups for {len(prompts)} prompts")
-    return [{"prompt": p, "ranking": annotator.rank(g, p)} for g, p in zip(groups, prompts)]
+    return atomic_write(path, lambda tmp: pq.write_table(table, str(tmp)))
