@@ -128,7 +128,7 @@ def lambda_weights(psi: Tensor, ranks: Tensor) -> Tensor:
 
     Δ_ij = |G_i − G_j| · |1/D(τ_i) − 1/D(τ_j)| with gain G = 2^ψ − 1, discount D(τ) = ln(1 + τ) and
     1-based ranks τ; returned as ``[..., k, k]``, constant (no gradient). The RankDPO gain
-    2^ψ_i − 2^ψ_j equals G_i − G_j (the −1 cancels, P10), so RankDPO uses the same weights.
+    2^ψ_i − 2^ψ_j equals G_i − G_j (the −1 cancels), so RankDPO uses the same weights.
     """
     psi = _f32(psi).detach()
     gain = torch.pow(2.0, psi) - 1.0
@@ -192,7 +192,7 @@ def lipo_lambda_loss(scores: Tensor, labels: Tensor, reduction: str = "sum") -> 
 
     with Δ_ij from :func:`lambda_weights` and τ the rank of each item under the current (detached)
     model scores. For k = 2 and ψ = (1, 0), Δ = 1/ln 2 − 1/ln 3 and the loss is that constant times
-    the DPO loss (P10).
+    the DPO loss.
     """
     return _lambda_pairwise(scores, labels, ranks_descending(_f32(scores)), reduction)
 
@@ -208,7 +208,7 @@ def sft_loss(model_err: Tensor) -> tuple[Tensor, Metrics]:
     return loss, {"loss": loss.detach(), "model_mse": loss.detach()}
 
 
-#: Δ for k = 2, ψ = (1, 0): |2^1 − 2^0| · |1/ln 2 − 1/ln 3| (P10).
+#: Δ for k = 2, ψ = (1, 0): |2^1 − 2^0| · |1/ln 2 − 1/ln 3|.
 LIPO_K2_WEIGHT = 1.0 / math.log(2.0) - 1.0 / math.log(3.0)
 
 __all__ = [
