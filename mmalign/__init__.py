@@ -2,7 +2,7 @@
 
 The public API is loaded lazily, so ``import mmalign`` is fast and works before every area exists::
 
-    from mmalign import load_generator, load_scorer, combine, train, benchmark
+    from mmalign import load_generator, load_scorer, combine, train, merge, benchmark
     from mmalign import ImageBatch, VideoBatch, AudioBatch, load_media, save_media
 """
 
@@ -28,6 +28,7 @@ _API: dict[str, str] = {
     "load_media": "mmalign.media",
     "save_media": "mmalign.media",
     "train": "mmalign.align.trainer",
+    "merge": "mmalign.align.merge",
     "benchmark": "mmalign.bench:run_benchmark",
 }
 

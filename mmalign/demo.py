@@ -8,7 +8,8 @@ simulated annotators measure what the generic trainer did.
    (``mmalign pairs``);
 3. train Diffusion-DPO with LoRA (``recipes/synth-diffusion-dpo.yaml``), logging a validation curve
    on train-split prompts the preference data does not use;
-4. evaluate base (LoRA disabled) vs aligned on **held-out** prompts with the same seeds: mean scorer
+4. evaluate base (the plain generator) vs aligned (``load_generator(generator, lora=run/final)``, as a
+   user would load the trained LoRA) on **held-out** prompts with the same seeds: mean scorer
    reward, oracle per-skill accuracy and win-rate under a panel of simulated annotators, each with a
    95% bootstrap CI over prompts; print a table, write a before/after grid and ``report.json``.
 """
@@ -138,7 +139,7 @@ def run_demo(modality: str = "image", seed: int = 0, out: Path | None = None, ov
 
     ``overrides`` are ``--set key=value`` changes of :class:`DemoConfig`, applied after ``changes``.
     """
-    from mmalign.align.trainer import lora_disabled, train
+    from mmalign.align.trainer import train
     from mmalign.data.build import build_preferences
     from mmalign.generators import load_generator
     from mmalign.media import image_grid, video_contact_sheet
@@ -178,10 +179,10 @@ def run_demo(modality: str = "image", seed: int = 0, out: Path | None = None, ov
 
     console.print(f"3/3 evaluation on {cfg.eval_prompts} held-out prompts, same seeds for base and aligned")
     eval_seed = cfg.seed + 777
-    denoiser = gen.trainable().denoiser
-    with lora_disabled(denoiser):
-        base = gen.sample(eval_prompts, n=1, seed=eval_seed, batch_size=cfg.batch_size, progress=not quiet)
-    aligned = gen.sample(eval_prompts, n=1, seed=eval_seed, batch_size=cfg.batch_size, progress=not quiet)
+    base = load_generator(cfg.generator).sample(eval_prompts, n=1, seed=eval_seed, batch_size=cfg.batch_size,
+                                                progress=not quiet)
+    aligned = load_generator(cfg.generator, lora=result.final_dir).sample(
+        eval_prompts, n=1, seed=eval_seed, batch_size=cfg.batch_size, progress=not quiet)
     report = compare_models(base, aligned, eval_prompts, scorer, cfg.annotators, cfg.seed)
     timings["eval_s"] = time.perf_counter() - t0 - timings["data_s"] - timings["train_s"]
     timings["total_s"] = time.perf_counter() - t0

@@ -25,6 +25,15 @@ def mmalign_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProc
                           env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(cwd or Path.home())})
 
 
+def mmalign_in_process(*args: str) -> subprocess.CompletedProcess:
+    """The app ``main()`` runs, invoked in this process: for the many error cases of one command, whose
+    entry-point path one subprocess test already covers."""
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(cli.get_app(), list(args), catch_exceptions=False)
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
+
+
 def error_line(proc: subprocess.CompletedProcess) -> str:
     """The one line an MMAlignError prints; the process must have exited 1 with nothing else on stderr."""
     lines = proc.stderr.strip().splitlines()
@@ -62,7 +71,7 @@ def test_train_main_path_and_error_path(tmp_path):
             "--quiet"]
     proc = mmalign_cli(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "2 steps (max_steps)" in proc.stdout and (tmp_path / "run" / "final" / "adapter_model.safetensors").is_file()
+    assert "2 steps (max_steps)" in proc.stdout and (tmp_path / "run" / "final" / "pytorch_lora_weights.safetensors").is_file()
     assert [json.loads(l)["step"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     again = mmalign_cli(*args, cwd=tmp_path)  # the folder holds checkpoints: resume or choose another
     assert "pass --resume" in error_line(again)
@@ -127,4 +136,4 @@ def test_demo_main_path_small(tmp_path):
     assert set(report["oracle"]) >= {"color", "faithfulness", "quality"}
     assert [e["step"] for e in report["train"]["eval_history"]] == [0, 3]
     assert "judge/color" in report["train"]["eval_history"][0]
-    assert (out / "before_after.png").is_file() and (out / "train" / "final" / "adapter_model.safetensors").is_file()
+    assert (out / "before_after.png").is_file() and (out / "train" / "final" / "pytorch_lora_weights.safetensors").is_file()

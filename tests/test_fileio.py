@@ -49,3 +49,23 @@ def test_json_and_jsonl(tmp_path):
     with pytest.raises(TypeError, match="not JSON-serialisable"):
         atomic_write_json(tmp_path / "bad.json", {"x": object()})
     assert not (tmp_path / "bad.json").exists() and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_files_get_a_normal_mode_and_the_umask_is_never_touched(tmp_path, monkeypatch):
+    import importlib
+    import os
+
+    import mmalign.fileio as fileio
+
+    def no_umask(mask):
+        raise AssertionError("mmalign changed the process umask")
+
+    current = os.umask(0o027)  # the test's own umask; restored below
+    try:
+        monkeypatch.setattr(os, "umask", no_umask)
+        importlib.reload(fileio)  # importing it must not read or set the umask either
+        path = fileio.atomic_write_text(tmp_path / "a.txt", "x")
+    finally:
+        monkeypatch.undo()
+        os.umask(current)
+    assert (path.stat().st_mode & 0o777) == 0o640  # 0666 less the umask 027, like open() would give

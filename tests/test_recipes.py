@@ -76,7 +76,7 @@ def test_sdxl_dpo_recipes_run_on_tiny_sdxl(tmp_path, tiny_sdxl, name, extra):
     assert res.steps == 2
     lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert lines[0]["loss"] == pytest.approx(0.693147, abs=1e-5) and all(torch.isfinite(torch.tensor(l["loss"])) for l in lines)
-    assert (res.final_dir / ("adapter_model.safetensors" if "full" not in name else "denoiser.safetensors")).exists()
+    assert (res.final_dir / ("pytorch_lora_weights.safetensors" if "full" not in name else "model_index.json")).exists()
 
 
 def test_sdxl_rankdpo_recipe_runs_on_tiny_sdxl(tmp_path, tiny_sdxl):

@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def _lora(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(run / "final" / "adapter_model.safetensors"))
+    return load_file(str(run / "final" / "pytorch_lora_weights.safetensors"))
 
 
 def test_train_logs_caches_and_releases_encoders(tmp_path):
@@ -39,7 +39,7 @@ def test_train_logs_caches_and_releases_encoders(tmp_path):
     assert adapter.text is None and adapter.image is None  # encoders released after caching
     weights = _lora(tmp_path / "run")
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())  # B moved off zero
-    assert (tmp_path / "run" / "final" / "adapter_config.json").exists()
+    assert (tmp_path / "run" / "final" / "mmalign_lora.json").exists()
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
     # a second run on the same data and generator reuses the cache: nothing is encoded again
     again = TinyAdapter()

@@ -37,7 +37,7 @@ def _recipe(tmp_path, folder, **over) -> dict:
 
 
 def _final(run) -> dict[str, torch.Tensor]:
-    return load_file(str(run / "final" / "adapter_model.safetensors"))
+    return load_file(str(run / "final" / "pytorch_lora_weights.safetensors"))
 
 
 @pytest.mark.parametrize("family", ["sdxl", "sd3"])

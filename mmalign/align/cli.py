@@ -1,14 +1,15 @@
-"""``mmalign train RECIPE.yaml [--set key=value ...] [--resume]``."""
+"""``mmalign train RECIPE.yaml [--set key=value ...] [--resume]`` and ``mmalign merge LORA... --method M --out DIR``."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``train`` to the main app."""
+    """Add ``train`` and ``merge`` to the main app."""
 
     @app.command("train")
     def train_cmd(
@@ -23,3 +24,32 @@ def register(app: typer.Typer) -> None:
         overrides = list(set_ or []) + (["progress=false"] if quiet else [])
         res = train(recipe, overrides=overrides, resume=resume)
         typer.echo(f"{res.steps} steps ({res.stopped}); weights in {res.final_dir}; metrics in {res.output_dir / 'metrics.jsonl'}")
+
+    app.command("merge")(merge_command)
+
+
+def merge_command(
+    loras: List[str] = typer.Argument(..., metavar="LORA...",
+                                      help="LoRA folders, .safetensors files or hub ids (same base model, any ranks)"),
+    method: str = typer.Option("linear", "--method", help="linear (exact weighted sum of ΔW, rank Σr) | svd (linear truncated "
+                               "to --rank) | ties (Yadav et al. 2023) | dare_linear | dare_ties (Yu et al. 2024)"),
+    weights: Optional[str] = typer.Option(None, "--weights", help="one weight per LoRA, comma-separated, e.g. 0.7,0.5 "
+                                          "(default 1 each, as diffusers' set_adapters)"),
+    density: float = typer.Option(0.5, "--density", help="ties: fraction of each ΔW's entries kept by magnitude; "
+                                  "dare: probability of keeping an entry; in (0, 1]"),
+    rank: Optional[int] = typer.Option(None, "--rank", help="rank of the merged LoRA (required for svd, ties, dare_*; "
+                                       "linear keeps the summed rank)"),
+    seed: int = typer.Option(0, "--seed", help="seed of DARE's drop masks"),
+    out: Path = typer.Option(..., "--out", help="output folder: pytorch_lora_weights.safetensors + mmalign_lora.json"),
+    device: str = typer.Option("auto", "--device", help="where ΔW and the SVDs are computed"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> None:
+    """Merge LoRA experts into one LoRA in diffusers' format (pipe.load_lora_weights(OUT) loads it).
+
+    linear equals diffusers' multi-adapter inference (load each LoRA, set_adapters with the same weights)."""
+    from mmalign.align.merge import merge, parse_weights
+
+    parsed = None if weights is None else parse_weights(weights)
+    folder = merge(loras, method=method, weights=parsed, density=density, rank=rank, seed=seed, out=out, device=device,
+                   progress=not quiet)
+    typer.echo(f"merged {len(loras)} LoRAs ({method}) into {folder}")

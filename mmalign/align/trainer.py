@@ -545,7 +545,16 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def finish(self) -> Path:
-        """Keep the best evaluated weights (with early stopping) and write ``final/`` atomically."""
+        """Keep the best evaluated weights (with early stopping) and write ``final/`` atomically.
+
+        A LoRA run's ``final/`` is a LoRA folder (:func:`mmalign.generators.lora.write_lora_files`):
+        ``pytorch_lora_weights.safetensors`` in diffusers' format, so ``pipe.load_lora_weights(final)``
+        attaches it (peft's ``adapter_model.safetensors`` + ``adapter_config.json`` for a family whose
+        pipeline has no LoRA loader, e.g. Stable Audio), and ``mmalign_lora.json``. A full fine-tune's is the
+        whole pipeline (``save_pretrained`` + ``mmalign_generator.json``), which ``from_pretrained`` and
+        ``load_generator`` open; a bare adapter without a generator leaves ``denoiser.safetensors``. Both
+        hold the resolved ``recipe.yaml``.
+        """
         from safetensors.torch import load_file, save_file
 
         if self.state.best_step is not None and self.state.best_step != self.state.step:
@@ -557,13 +566,18 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return final
         denoiser, recipe = self.adapter.denoiser, self.recipe
+        generator = self.generator or getattr(self.adapter, "gen", None)
 
         def write(tmp: Path) -> None:
             if recipe.finetune == "lora":
-                from peft import get_peft_model_state_dict
+                from mmalign.generators.lora import lora_from_model, write_lora_files
 
-                save_file(_cpu_tensors(get_peft_model_state_dict(denoiser)), str(tmp / "adapter_model.safetensors"))
-                self.lora_config.save_pretrained(str(tmp))
+                state = lora_from_model(denoiser, "default", family=getattr(generator, "family", None),
+                                        prefix=getattr(generator, "denoiser_name", "unet"))
+                write_lora_files(tmp, state, {"base": recipe.generator, "method": recipe.method,
+                                              "steps": self.state.step, "recipe": "recipe.yaml"})
+            elif hasattr(generator, "save_pretrained"):
+                generator.save_pretrained(tmp)
             else:
                 save_file(_cpu_tensors(denoiser.state_dict()), str(tmp / "denoiser.safetensors"))
             (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), encoding="utf-8")

@@ -4,27 +4,29 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Sequence
 
 import typer
 
 from mmalign.errors import ConfigError, InputError
+from mmalign.generators.lora import LORA_HELP
 
 _DEFAULT_OUT = Path("bench_out")
 _DEFAULT_LEADERBOARD = Path("leaderboard")
 
 
 def sample_suite(generator: str, suite, folder: Path, *, seed: int = 0, n: int | None = None,
-                 device: str = "auto", progress: bool = True) -> Path:
+                 device: str = "auto", progress: bool = True, lora: Sequence[Any] = ()) -> Path:
     """Sample ``n`` (the suite's samples_per_prompt) items per prompt and save them in the suite's naming.
 
-    ``generator`` is any :func:`mmalign.generators.load_generator` id, preset or folder.
+    ``generator`` is any :func:`mmalign.generators.load_generator` id, preset or folder; ``lora`` its LoRAs.
     """
     from mmalign.generators import load_generator
     from mmalign.media import save_media
 
     n = n or suite.samples_per_prompt
     prompts = suite.prompts()
-    gen = load_generator(generator, device=device)
+    gen = load_generator(generator, device=device, lora=list(lora))
     if gen.modality != suite.modality:
         raise ConfigError(f"generator {generator!r} makes {gen.modality}, suite {suite.name!r} needs {suite.modality}")
     for i in range(n):  # one call per sample index: file i of every prompt comes from seed + i
@@ -39,6 +41,7 @@ def _bench(
     suite: str = typer.Option("synth-video", help="vbench-standard | synth-video | synth-image, or a suite.yaml path."),
     videos: Path | None = typer.Option(None, help="Folder of sampled files named '{prompt}-{i}.mp4' (.png for images)."),
     generator: str | None = typer.Option(None, help="Sample the suite with this generator first (e.g. synth-video)."),
+    lora: list[str] | None = typer.Option(None, "--lora", help=f"With --generator: {LORA_HELP}."),
     out: Path = typer.Option(_DEFAULT_OUT, help="Output folder (records, feature cache, results, report)."),
     dimensions: str | None = typer.Option(None, help="Comma-separated dimensions (default: the suite's)."),
     weights: Path | None = typer.Option(None, help="Weights folder in VBench's cache layout (default ~/.cache/vbench)."),
@@ -55,12 +58,17 @@ def _bench(
     from mmalign.bench.report import write_report
     from mmalign.bench.runner import run_benchmark
     from mmalign.bench.suites import load_suite
+    from mmalign.generators.lora import parse_lora_args
 
+    loras = parse_lora_args(lora)
     s = load_suite(suite)
     if (videos is None) == (generator is None):
         raise InputError("give exactly one of --videos DIR (already sampled) or --generator G (sample first)")
+    if loras and generator is None:
+        raise InputError("--lora attaches to a --generator; with --videos the media are already sampled")
     if generator is not None:
-        videos = sample_suite(generator, s, out / "samples", seed=seed, n=samples, device=device, progress=not quiet)
+        videos = sample_suite(generator, s, out / "samples", seed=seed, n=samples, device=device, progress=not quiet,
+                              lora=loras)
     dims = [d.strip() for d in dimensions.split(",") if d.strip()] if dimensions else None
     run = run_benchmark(s, videos, out, dims, weights_dir=weights, device=device, strict=strict,
                         cache=not no_cache, progress=not quiet)

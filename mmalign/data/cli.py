@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from mmalign.generators.lora import LORA_HELP
+
 
 def register(app: typer.Typer) -> None:
     """Add ``pairs`` to the main app."""
@@ -14,6 +16,7 @@ def register(app: typer.Typer) -> None:
     @app.command("pairs")
     def pairs(
         generator: str = typer.Option(..., "--generator", help="Generator preset, folder or hub id (load_generator)"),
+        lora: Optional[list[str]] = typer.Option(None, "--lora", help=LORA_HELP),
         scorer: str = typer.Option(..., "--scorer", help="Scorer name(s), comma-separated: S[,S2,...] (load_scorer)"),
         prompts: Optional[str] = typer.Option(
             None, "--prompts", help="Prompt file (UTF-8, one per line) or the name of a shipped prompt set "
@@ -31,10 +34,12 @@ def register(app: typer.Typer) -> None:
         from mmalign.data.build import build_preferences
         from mmalign.data.prompts import read_prompts
         from mmalign.generators import load_generator
+        from mmalign.generators.lora import parse_lora_args
         from mmalign.scoring import load_scorer
 
+        loras = parse_lora_args(lora)
         prompt_list = read_prompts(prompts, n_prompts, seed) if prompts else None  # a bad file fails before loading
-        gen = load_generator(generator)
+        gen = load_generator(generator, lora=loras)
         if prompt_list is None:
             prompt_list = read_prompts(f"synth-{gen.modality}-train", n_prompts, seed)
         scorers = [load_scorer(s.strip()) for s in scorer.split(",") if s.strip()]

@@ -2,7 +2,8 @@
 
 ``load_generator(name)`` accepts a preset (``synth-sdxl``, ``synth-video``, ``synth-audio``), a local
 folder saved with ``save_pretrained`` or a Hugging Face hub id, and returns a
-:class:`~mmalign.generators.base.Generator` of the right family. Families are registered in
+:class:`~mmalign.generators.base.Generator` of the right family; ``lora=`` attaches one or several
+LoRAs (:mod:`mmalign.generators.lora`), each at its weight. Families are registered in
 :data:`FAMILIES` (:class:`~mmalign.registry.Registry`) by their class statements.
 """
 
@@ -11,14 +12,15 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from mmalign.devices import resolve_device, resolve_dtype
 from mmalign.errors import ConfigError, InputError
-from mmalign.generators._common import DiffusersGenerator, read_defaults, read_json_object
+from mmalign.generators._common import DiffusersGenerator, hub_offline, read_defaults, read_json_object
 from mmalign.generators.base import FAMILIES, DiffusionAdapter, Generator
+from mmalign.generators.lora import LoraArg, LoraSpec, lora_specs, resolve_lora_file
 from mmalign.paths import asset_path
 
 #: modules of the built-in families; imported on first use, so `import mmalign.generators` (and the
@@ -61,10 +63,6 @@ def _pipeline_families() -> dict[str, str]:
     return {cls.pipeline_class.__name__: name for name, cls in FAMILIES.items() if issubclass(cls, DiffusersGenerator)}
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def detect_family(folder: Path) -> str:
     """Family of a saved model folder, from ``model_index.json`` (diffusers) or ``config.json`` (transformers)."""
     index, config = folder / "model_index.json", folder / "config.json"
@@ -101,13 +99,20 @@ def _hub_error(name: str, err: Exception) -> InputError:
 
 def load_generator(id_or_path_or_preset: str | os.PathLike, family: str | None = None, device: str = "auto",
                    dtype: str | torch.dtype | None = None, local_files_only: bool | None = None,
-                   attention: str = "sdpa") -> Generator:
+                   attention: str = "sdpa", lora: LoraArg | Sequence[LoraArg] | None = None) -> Generator:
     """Load a generator from a preset, a local ``save_pretrained`` folder or a hub id.
 
     A hub id is passed to diffusers' (or transformers') ``from_pretrained`` unchanged. ``family`` is
     detected from the folder's ``model_index.json`` (or the loaded pipeline's class) when not given.
+    ``lora``: one LoRA or a list — each a folder, a ``.safetensors`` file, a hub id (resolved like the
+    generator, offline from the cache), a ``(path, weight)`` pair or a :class:`~mmalign.generators.lora.LoraSpec`
+    — attached with the family's multi-adapter mechanism (:meth:`DiffusersGenerator.load_loras`). A missing
+    LoRA fails before the model loads; one for another architecture before the generator is returned.
     """
     name = str(id_or_path_or_preset)
+    loras, lora_local = lora_specs(lora), local_files_only  # hub LoRAs: offline only if asked (or HF_HUB_OFFLINE)
+    for spec in loras:  # a missing file fails before the model loads
+        resolve_lora_file(spec.source, spec.weight_name, lora_local)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if name in PRESETS:
@@ -122,11 +127,14 @@ def load_generator(id_or_path_or_preset: str | os.PathLike, family: str | None =
         family = family or detect_family(Path(source))
         local_files_only = True if local_files_only is None else local_files_only
     else:
-        local_files_only = _offline() if local_files_only is None else local_files_only
+        local_files_only = hub_offline() if local_files_only is None else local_files_only
     defaults = read_defaults(source) if local else {}
     defaults.pop("family", None)
 
     if family == "musicgen":
+        if loras:
+            raise ConfigError(f"lora: {source} is a MusicGen, a sampling-only language model; LoRAs attach to "
+                              "diffusion generators")
         return _load_musicgen(source, dev, dt, local_files_only, attention, defaults)
     cls = family_class(family) if family else None
     try:
@@ -150,6 +158,8 @@ def load_generator(id_or_path_or_preset: str | os.PathLike, family: str | None =
     from mmalign.generators.attention import set_attention_backend
 
     set_attention_backend(gen.denoiser, attention)
+    if loras:
+        gen.load_loras(loras, lora_local)
     return gen
 
 
@@ -176,4 +186,4 @@ def _load_musicgen(source: str, dev: torch.device, dt: torch.dtype, local_files_
 
 
 __all__ = ["load_generator", "list_generators", "detect_family", "FAMILIES", "PRESETS", "Generator",
-           "DiffusionAdapter", "DiffusersGenerator", "family_class"]
+           "DiffusionAdapter", "DiffusersGenerator", "family_class", "LoraSpec"]

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -28,6 +30,7 @@ from mmalign.devices import empty_cache
 from mmalign.errors import ConfigError, InputError, MMAlignError
 from mmalign.fileio import atomic_write_json
 from mmalign.generators.base import Cond, DiffusionAdapter, Generator
+from mmalign.generators.lora import LoraSpec, LoraState
 from mmalign.media import AudioBatch, ImageBatch, Media, VideoBatch
 
 #: file next to a saved pipeline that carries mmalign's sampling defaults (:class:`GeneratorDefaults`)
@@ -38,6 +41,11 @@ PIPELINE_OUTPUT = {"image": "images", "video": "frames", "audio": "audios"}
 
 
 # --- devices, seeds, prompts -------------------------------------------------------------------
+
+
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` is set: hub ids resolve from the local cache only."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def item_seeds(seed: int, count: int) -> list[int]:
@@ -221,6 +229,74 @@ class DiffusersGenerator(Generator):
         """Save the pipeline (``save_pretrained``) plus mmalign's sampling defaults."""
         self.pipe.save_pretrained(folder)
         write_defaults(folder, {"family": self.family, **self.defaults})
+
+    def load_loras(self, loras: Sequence[LoraSpec], local_files_only: bool | None = None) -> list[str]:
+        """Attach ``loras`` to the denoiser, each at its weight; returns their adapter names.
+
+        Every LoRA is read and checked against the denoiser (:func:`~mmalign.generators.lora.check_lora`)
+        before any is attached. Then the family's own mechanism: diffusers' ``load_lora_weights(file,
+        adapter_name=...)`` (which converts kohya files and loads text-encoder layers too) and
+        ``set_adapters(names, weights)``, so sampling computes ``W + Σ_i w_i·(α_i/r_i)·B_i·A_i`` as diffusers
+        does. peft-format LoRAs go through the denoiser's ``load_lora_adapter``, and a denoiser without
+        diffusers' LoRA support (Stable Audio) gets peft's layers and per-adapter scales directly
+        (``set_weights_and_activate_adapters``, diffusers ``utils/peft_utils.py``).
+        """
+        from mmalign.generators.lora import PEFT_FILE, check_lora, read_lora, resolve_lora_file
+
+        files = [resolve_lora_file(spec.source, spec.weight_name, local_files_only) for spec in loras]
+        config = getattr(self.denoiser, "config", None)
+        states = [read_lora(file, family=self.family, denoiser_config=config) for file in files]
+        for state in states:
+            check_lora(state, self.denoiser)
+        present = set(getattr(self.denoiser, "peft_config", {}))
+        names = [f"lora_{i}" for i in range(len(present), len(present) + len(loras))]
+        for file, state, name in zip(files, states, names):
+            if hasattr(self.pipe, "load_lora_weights") and file.name != PEFT_FILE:
+                with _quiet_text_encoders():
+                    self.pipe.load_lora_weights(str(file), adapter_name=name)
+            else:
+                _attach_peft(self.denoiser, state, name)
+        weights = [spec.weight for spec in loras]
+        if hasattr(self.pipe, "set_adapters"):
+            self.pipe.set_adapters(names, weights)
+        else:
+            from diffusers.utils.peft_utils import set_weights_and_activate_adapters
+
+            set_weights_and_activate_adapters(self.denoiser, names, weights)
+        return names
+
+
+class _NoTextEncoderKeys(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No LoRA keys associated to")
+
+
+@contextlib.contextmanager
+def _quiet_text_encoders() -> Iterator[None]:
+    """Drop diffusers' "No LoRA keys associated to CLIPTextModel" warnings while a LoRA loads: most LoRAs have no
+    text-encoder layers (``diffusers/loaders/lora_base.py``). The denoiser's warning (``loaders/peft.py``) stays,
+    though :func:`~mmalign.generators.lora.check_lora` has already made sure it cannot fire."""
+    logger, quiet = logging.getLogger("diffusers.loaders.lora_base"), _NoTextEncoderKeys()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+def _attach_peft(denoiser: torch.nn.Module, state: LoraState, name: str) -> None:
+    """Add ``state`` to ``denoiser`` as peft adapter ``name`` (diffusers' ``load_lora_adapter`` where the
+    denoiser has it, else peft's ``inject_adapter_in_model`` + ``set_peft_model_state_dict``)."""
+    from mmalign.generators.lora import lora_config_kwargs, peft_state_dict
+
+    weights, config = peft_state_dict(state), lora_config_kwargs(state)
+    if hasattr(denoiser, "load_lora_adapter"):
+        denoiser.load_lora_adapter(weights, prefix=None, adapter_name=name, metadata=config)
+        return
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+
+    inject_adapter_in_model(LoraConfig(**config), denoiser, adapter_name=name)
+    set_peft_model_state_dict(denoiser, weights, adapter_name=name)
 
 
 # --- training objectives ------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from mmalign.data.prompts import read_prompts
 from mmalign.errors import InputError
 from mmalign.fileio import atomic_write, atomic_write_jsonl
 from mmalign.generators.attention import BACKENDS
+from mmalign.generators.lora import LORA_HELP, parse_lora_args
 from mmalign.media import ImageBatch, Media, VideoBatch, image_grid, save_media, video_contact_sheet
 
 
@@ -39,6 +40,7 @@ def write_grid(media: Media, path: Path, columns: int) -> bool:
 
 def sample_command(
     generator: str = typer.Option(..., "--generator", help="preset (synth-sdxl, synth-video, synth-audio), folder or hub id"),
+    lora: Optional[list[str]] = typer.Option(None, "--lora", help=LORA_HELP),
     prompts: Optional[list[str]] = typer.Option(None, "--prompts", help="a prompt (repeatable)"),
     prompts_file: Optional[str] = typer.Option(None, "--prompts-file", help="text file (UTF-8, one prompt per line) or a shipped prompt set (synth-image-heldout, ...)"),
     n: int = typer.Option(4, "--n", help="samples per prompt"),
@@ -58,8 +60,9 @@ def sample_command(
 
     if n < 1 or batch_size < 1:
         raise InputError(f"--n {n} --batch-size {batch_size}: both must be at least 1")
+    loras = parse_lora_args(lora)
     texts = _read_prompts(prompts, prompts_file)
-    gen = load_generator(generator, device=device, attention=attention)
+    gen = load_generator(generator, device=device, attention=attention, lora=loras)
     length = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
     media = gen.sample(texts, n=n, seed=seed, steps=steps, guidance=guidance, batch_size=batch_size, progress=not quiet,
                        **length)

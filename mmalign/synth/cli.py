@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mmalign.errors import InputError
+from mmalign.generators.lora import LORA_HELP
 
 console = Console()
 synth_app = typer.Typer(help="The synthetic world: render media with ground truth, check media with the exact oracle.")
@@ -106,6 +107,7 @@ def check_cmd(
 @synth_app.command("eval")
 def eval_cmd(
     generator: str = typer.Option(..., "--generator", help="Generator preset or folder, e.g. synth-sdxl."),
+    lora: Optional[list[str]] = typer.Option(None, "--lora", help=LORA_HELP),
     n: int = typer.Option(200, help="Number of prompts."),
     seed: int = typer.Option(0, help="Seed for prompts and sampling."),
     split: str = typer.Option("heldout", help="Prompt split: heldout (never trained on) or train (seen prompts, new seeds)."),
@@ -114,9 +116,11 @@ def eval_cmd(
     out: Optional[Path] = typer.Option(None, help="Write the JSON result here."),
 ) -> None:
     """Oracle per-skill accuracy of a generator on a fixed held-out (or train-split) prompt set."""
+    from mmalign.generators.lora import parse_lora_args
     from mmalign.synth.evaluate import evaluate_generator
 
-    result = evaluate_generator(generator, n=n, seed=seed, steps=steps, guidance=guidance, split=split)
+    loras = parse_lora_args(lora)
+    result = evaluate_generator(generator, n=n, seed=seed, steps=steps, guidance=guidance, split=split, lora=loras)
     console.print(accuracy_table(f"{generator}: oracle on {n} {split} prompts (seed {seed})", {generator: result["accuracy"]}))
     console.print(f"faithfulness {result['faithfulness']:.3f}  quality {result['quality']:.3f}")
     if out:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mmalign.errors import ConfigError
 from mmalign.synth.oracle import evaluate
 from mmalign.synth.prompts import sample_prompts
 
@@ -16,18 +17,22 @@ def evaluate_generator(
     guidance: float | None = None,
     progress: bool = True,
     split: str = "heldout",
+    lora: Any = None,
 ) -> dict[str, Any]:
     """Sample one item for each of ``n`` held-out prompts (seeded) and score them with the oracle.
     ``split="train"`` uses prompts of the training split instead (seen prompts, new noise): the gap
     to held-out is what the model fails to generalise to unseen combinations.
 
     ``generator`` is a loaded :class:`~mmalign.generators.base.Generator` or a name for
-    :func:`~mmalign.generators.load_generator`.
+    :func:`~mmalign.generators.load_generator`, with ``lora`` (its ``lora=``: LoRAs to attach).
     """
     if isinstance(generator, str):
         from mmalign.generators import load_generator
 
-        name, generator = generator, load_generator(generator)
+        name, generator = generator, load_generator(generator, lora=lora)
+    elif lora:
+        raise ConfigError("lora= attaches to a generator given by name; load a Generator with "
+                          "load_generator(..., lora=...) instead")
     else:
         name = type(generator).__name__
     prompts = sample_prompts(generator.modality, n, seed=seed, split=split)
