@@ -16,6 +16,7 @@ previous state or the new one, never half of one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -34,16 +35,13 @@ Log = Callable[[str], None]
 
 
 def _fsync(path: Path) -> None:
-    try:
+    """Flush ``path`` (a file or a folder) to disk where the OS allows it; a folder fsync may be refused."""
+    with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_folder(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:

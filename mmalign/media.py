@@ -21,6 +21,8 @@ names the file and the problem. Nothing is resized, padded or resampled unless a
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import io
 import os
 import struct
@@ -97,7 +99,7 @@ def _to_uint8(t: torch.Tensor, where: str) -> np.ndarray:
 
 
 @dataclass
-class _Batch:
+class _Batch(ABC):
     """What the three batch types share; each names its main tensor, its layout and its modality."""
 
     modality: ClassVar[str]
@@ -124,9 +126,9 @@ class _Batch:
             if value is not None and len(value) != len(self):
                 raise InputError(f"{name}: {len(value)} {key} for {len(self)} items; give one per item")
 
+    @abstractmethod
     def _problem(self) -> str | None:
         """What is wrong with a main tensor of the right rank (channels, empty axis, rate), if anything."""
-        raise NotImplementedError
 
     def __len__(self) -> int:
         return int(self.data.shape[0])

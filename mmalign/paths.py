@@ -6,6 +6,7 @@ copied into ``mmalign/_shipped/`` by ``setup.py``. Both layouts are looked up he
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -22,3 +23,11 @@ def shipped_dir(name: str) -> Path:
 def asset_path(*parts: str) -> Path:
     """Path of a file or folder under ``assets/``."""
     return shipped_dir("assets").joinpath(*parts)
+
+
+def is_offline(local_files_only: bool | None = None) -> bool:
+    """``local_files_only`` if given, else the environment (``MMALIGN_OFFLINE`` or ``HF_HUB_OFFLINE`` set to a true
+    value): hub ids then resolve from local files and caches only."""
+    if local_files_only is not None:
+        return bool(local_files_only)
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in ("MMALIGN_OFFLINE", "HF_HUB_OFFLINE"))

@@ -38,15 +38,12 @@ def tiny_clap(words: list[str], seed: int = 0):
 
     from mmalign.scoring.clap import ClapScorer, MelFrontend
     from mmalign.scoring.tokenizer import WordTokenizer
+    from mmalign.zoo.train_scorers import clap_configs  # the shipped synth-clap architecture: already tiny
 
     tok = WordTokenizer(words)
-    audio = dict(spec_size=64, num_mel_bins=16, patch_size=4, patch_stride=(4, 4), window_size=4, depths=[1, 1],
-                 num_attention_heads=[2, 4], patch_embeds_hidden_size=32, hidden_size=64, projection_dim=16, enable_fusion=False)
-    text = dict(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                max_position_embeddings=tok.context_length + 4, pad_token_id=0, bos_token_id=tok.sot_id,
-                eos_token_id=tok.eot_id, projection_dim=16)
-    fe = ClapFeatureExtractor(feature_size=16, sampling_rate=16000, hop_length=160, max_length_s=1, fft_window_size=400,
-                              frequency_min=50, frequency_max=8000, truncation="rand_trunc", padding="repeatpad")
-    torch.manual_seed(seed)
-    model = ClapModel(ClapConfig(text_config=text, audio_config=audio, projection_dim=16))
+    model_kwargs, fe_kwargs = clap_configs(tok)
+    fe = ClapFeatureExtractor(**fe_kwargs)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = ClapModel(ClapConfig(**model_kwargs))
     return ClapScorer(model, tok.hf, MelFrontend.from_extractor(fe)), fe

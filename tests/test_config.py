@@ -27,18 +27,29 @@ def one_line(err: pytest.ExceptionInfo) -> str:
 # --- recipes
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("lr=[1e-3", "--set lr: value '[1e-3' is not valid YAML"),
-    ("lr=-1", "key 'lr'"),
-    ("optimizer.nme=adamw", "unknown key 'optimizer.nme'; did you mean 'name'?"),
-    ("eval.early_stopping.metric=oracle", "key 'eval.early_stopping.metric'"),
-    ("attention=auto", "key 'attention'"),
+def _recipe(override: str):
+    return load_recipe("synth-diffusion-dpo", [override])
+
+
+def _demo(override: str):
+    return demo_config("image", [override])
+
+
+@pytest.mark.parametrize("load, override, fragment, where", [
+    (_recipe, "lr=[1e-3", "--set lr: value '[1e-3' is not valid YAML", "synth-diffusion-dpo.yaml"),
+    (_recipe, "lr=-1", "key 'lr'", "synth-diffusion-dpo.yaml"),
+    (_recipe, "optimizer.nme=adamw", "unknown key 'optimizer.nme'; did you mean 'name'?", "synth-diffusion-dpo.yaml"),
+    (_recipe, "eval.early_stopping.metric=oracle", "key 'eval.early_stopping.metric'", "synth-diffusion-dpo.yaml"),
+    (_recipe, "attention=auto", "key 'attention'", "synth-diffusion-dpo.yaml"),
+    (_demo, "kk=8", "unknown key 'kk'; did you mean 'k'?", "demo"),
+    (_demo, "k=1", "key 'k'", "demo"),
+    (_demo, "modality=text", "key 'modality'", "demo"),
 ])
-def test_bad_recipe_overrides_are_one_line_naming_file_and_key(override, fragment):
+def test_bad_overrides_are_one_line_naming_file_and_key(load, override, fragment, where):
     with pytest.raises(ConfigError) as err:
-        load_recipe("synth-diffusion-dpo", [override])
+        load(override)
     text = one_line(err)
-    assert fragment in text and "synth-diffusion-dpo.yaml" in text
+    assert fragment in text and text.split(":")[0].endswith(where)  # the file (or "demo") comes first
 
 
 def test_recipe_file_errors_name_the_file(tmp_path):
@@ -127,15 +138,6 @@ def test_demo_config_layers_preset_changes_then_set():
         "synth-video", 96, 8, 3, ["max_steps=10"])
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("kk=8", "unknown key 'kk'; did you mean 'k'?"),
-    ("k=1", "key 'k'"),
-    ("modality=text", "key 'modality'"),
-])
-def test_bad_demo_settings_are_one_line(override, fragment):
-    with pytest.raises(ConfigError) as err:
-        demo_config("image", [override])
-    assert fragment in one_line(err)
 
 
 def test_demo_cli_rejects_a_bad_set_before_any_work(tmp_path):

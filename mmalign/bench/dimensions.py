@@ -394,12 +394,12 @@ class _VideoText(Dimension):
 
 @DIMENSIONS.register("overall_consistency")
 class OverallConsistency(_VideoText):
-    pass
+    """VBench ``overall_consistency``: video–text similarity with the overall (ViCLIP) video embedding."""
 
 
 @DIMENSIONS.register("temporal_style")
 class TemporalStyle(_VideoText):
-    pass
+    """VBench ``temporal_style``: video–text similarity against prompts that name a camera or temporal style."""
 
 
 # ---------------------------------------------------------------------------------------------

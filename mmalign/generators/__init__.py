@@ -18,10 +18,10 @@ import torch
 
 from mmalign.devices import resolve_device, resolve_dtype
 from mmalign.errors import ConfigError, InputError
-from mmalign.generators._common import DiffusersGenerator, hub_offline, read_defaults, read_json_object
+from mmalign.generators._common import DiffusersGenerator, read_defaults, read_json_object
 from mmalign.generators.base import FAMILIES, DiffusionAdapter, Generator
 from mmalign.generators.lora import LoraArg, LoraSpec, lora_specs, resolve_lora_file
-from mmalign.paths import asset_path
+from mmalign.paths import asset_path, is_offline
 
 #: modules of the built-in families; imported on first use, so `import mmalign.generators` (and the
 #: CLI) does not pay for diffusers' pipelines until a model is loaded
@@ -127,7 +127,7 @@ def load_generator(id_or_path_or_preset: str | os.PathLike, family: str | None =
         family = family or detect_family(Path(source))
         local_files_only = True if local_files_only is None else local_files_only
     else:
-        local_files_only = hub_offline() if local_files_only is None else local_files_only
+        local_files_only = is_offline(local_files_only)
     defaults = read_defaults(source) if local else {}
     defaults.pop("family", None)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -41,11 +40,6 @@ PIPELINE_OUTPUT = {"image": "images", "video": "frames", "audio": "audios"}
 
 
 # --- devices, seeds, prompts -------------------------------------------------------------------
-
-
-def hub_offline() -> bool:
-    """``HF_HUB_OFFLINE`` is set: hub ids resolve from the local cache only."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def item_seeds(seed: int, count: int) -> list[int]:

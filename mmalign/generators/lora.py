@@ -36,6 +36,7 @@ from pydantic import Field
 
 from mmalign.cards import Card, validate
 from mmalign.errors import ConfigError, InputError
+from mmalign.paths import is_offline
 
 #: diffusers' LoRA weight file (``LORA_WEIGHT_NAME_SAFE`` in ``diffusers/loaders/lora_base.py``)
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -201,8 +202,6 @@ def resolve_lora_file(source: str | os.PathLike, weight_name: str | None = None,
     """The weight file of a LoRA: a ``.safetensors`` file, a folder (``weight_name``, else :data:`LORA_FILE`,
     :data:`PEFT_FILE` or its only ``.safetensors``) or a hub id ``org/name`` (with ``weight_name``, default
     :data:`LORA_FILE`; ``org/name/file.safetensors`` names the file too), resolved offline like generators."""
-    from mmalign.generators._common import hub_offline
-
     given = str(source)
     path = Path(given).expanduser()
     if path.is_file():
@@ -225,7 +224,7 @@ def resolve_lora_file(source: str | os.PathLike, weight_name: str | None = None,
                              "or name one with weight_name / PATH/FILE.safetensors")
         return path / found[0]
     parts = given.split("/")
-    local_only = hub_offline() if local_files_only is None else local_files_only
+    local_only = is_offline(local_files_only)
     if len(parts) == 2 and all(parts) and not given.startswith((".", "~")) and Path(given).suffix == "":
         return _hub_file(given, weight_name or LORA_FILE, local_only, given)
     if len(parts) >= 3 and given.endswith(".safetensors") and not path.is_absolute() and not given.startswith((".", "~")):

@@ -29,7 +29,8 @@ from mmalign.media import AudioBatch
 from mmalign.scoring.base import SCORER_FAMILIES, Scorer
 from mmalign.scoring.card import ScorerCard
 from mmalign.scoring.tokenizer import word_tokenizer_beside
-from mmalign.scoring.weights import is_offline, resolve_checkpoint
+from mmalign.paths import is_offline
+from mmalign.scoring.weights import resolve_checkpoint
 
 
 def resample(samples: torch.Tensor, rate: int, target: int) -> torch.Tensor:

@@ -33,7 +33,8 @@ from mmalign.scoring.base import SCORER_FAMILIES, Scorer, as_media, check_prompt
 from mmalign.scoring.card import ScorerCard
 from mmalign.scoring.preprocess import ImagePreprocess
 from mmalign.scoring.tokenizer import word_tokenizer_beside
-from mmalign.scoring.weights import is_offline, load_state_dict, resolve_checkpoint
+from mmalign.paths import is_offline
+from mmalign.scoring.weights import load_state_dict, resolve_checkpoint
 
 FORMULAS = ("cosine", "scaled_cosine", "100cosine", "aesthetic_mlp")
 

@@ -11,17 +11,11 @@ import os
 from pathlib import Path
 
 from mmalign.errors import InputError
-from mmalign.paths import asset_path
+from mmalign.fileio import atomic_write
+from mmalign.paths import asset_path, is_offline
 from mmalign.scoring.card import CheckpointSpec
 
 WEIGHTS_ENV = "MMALIGN_WEIGHTS_DIR"
-
-
-def is_offline(local_files_only: bool | None = None) -> bool:
-    """``local_files_only`` if given, else the environment (``MMALIGN_OFFLINE`` / ``HF_HUB_OFFLINE``)."""
-    if local_files_only is not None:
-        return bool(local_files_only)
-    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in ("MMALIGN_OFFLINE", "HF_HUB_OFFLINE"))
 
 
 def weights_dir() -> Path:
@@ -86,13 +80,10 @@ def resolve_checkpoint(name: str, spec: CheckpointSpec, local_files_only: bool |
         raise InputError(f"scorer {name!r}: weights file {spec.filename!r} missing in offline mode; {_where_to_put(name, spec)}")
     import torch.hub
 
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(cached.suffix + ".part")
     try:
-        torch.hub.download_url_to_file(spec.url, str(tmp), progress=True)
+        atomic_write(cached, lambda tmp: torch.hub.download_url_to_file(spec.url, str(tmp), progress=True))
     except Exception as exc:
         raise InputError(f"scorer {name!r}: could not download {spec.url}: {exc}; {_where_to_put(name, spec)}") from exc
-    os.replace(tmp, cached)
     return cached
 
 
