@@ -220,8 +220,9 @@ def apply_overrides(
 ) -> dict[str, Any]:
     """A copy of ``data`` with each ``"a.b=c"`` applied; ``c`` is parsed as YAML (``1e-4``, ``[1, 2]``, ``null``).
 
-    A key must exist in ``data`` or, with ``model_cls``, be a field of the schema; otherwise a
-    ConfigError names the nearest valid key. List items are addressed by index (``layers.0.dim=8``).
+    A key must exist in ``data`` or, with ``model_cls``, be a field of the schema (any key, below a
+    free-form mapping of the schema such as ``dict[str, Any]``, which its own validation checks);
+    otherwise a ConfigError names the nearest valid key. List items are addressed by index (``layers.0.dim=8``).
     """
     out = copy.deepcopy(data)
     at = f"{where}: " if where else ""
@@ -245,7 +246,8 @@ def apply_overrides(
                 index: Any = int(part)
             elif isinstance(node, dict):
                 known = _schema_keys(model_cls, parts[:depth])
-                if part not in node and (known is None or part not in known):
+                free = model_cls is not None and known is None  # a free-form mapping of the schema (dict[str, Any])
+                if part not in node and not free and part not in (known or []):
                     valid = sorted(set(node) | set(known or []))
                     raise ConfigError(f"{at}--set {key}: unknown key '{'.'.join(parts[: depth + 1])}'{_nearest(part, valid)}")
                 index = part

@@ -21,7 +21,7 @@ from mmalign.errors import MMAlignError
 
 AREAS: tuple[str, ...] = ("synth", "generators", "scoring", "data", "align", "bench")
 #: the order of commands in ``mmalign --help`` (others follow alphabetically)
-ORDER: tuple[str, ...] = ("demo", "sample", "score", "pairs", "train", "train-scorer", "merge", "bench", "synth")
+ORDER: tuple[str, ...] = ("demo", "sample", "score", "pairs", "train", "train-scorer", "merge", "selma", "bench", "synth")
 
 
 class _Group(TyperGroup):

@@ -92,7 +92,7 @@ def test_manifest_pairs_rankings_and_errors(tmp_path):
     assert len(rds.to_pairs("all")) == 3
     mixed = tmp_path / "mixed.jsonl"
     mixed.write_text(path.read_text() + rk.read_text())
-    with pytest.raises(InputError, match="mixes pairs and rankings"):
+    with pytest.raises(InputError, match="mixes pairs with rankings"):
         read_manifest(mixed)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "p", "chosen": "a.png"}\n{nope\n')
@@ -248,21 +248,24 @@ def test_shipped_prompt_sets_are_the_synth_grammar_splits():
     from mmalign.synth.prompt_sets import prompt_set_texts
     from mmalign.synth.prompts import all_prompts, split_of
 
-    assert prompt_sets() == ["synth-audio-heldout", "synth-audio-train", "synth-image-heldout", "synth-image-train",
-                             "synth-video-heldout", "synth-video-train"]
+    synth = [n for n in prompt_sets() if n.startswith("synth-")]
+    assert synth == sorted(name.removesuffix(".txt") for name in prompt_set_texts())
+    assert {"synth-image-train", "synth-image-count-heldout", "synth-video-change-train"} <= set(synth)
     for name, text in prompt_set_texts().items():  # `python -m mmalign.synth.prompt_sets` would write nothing new
         assert asset_path("prompts", name).read_text(encoding="utf-8") == text, f"{name}: rerun the script"
     train, held = read_prompts("synth-audio-train"), read_prompts("synth-audio-heldout")
     assert len(train) + len(held) == len(all_prompts("audio")) == 18 and not set(train) & set(held)
     assert {split_of(p) for p in held} == {"heldout"}
     assert len(read_prompts("synth-image-train", n=256, seed=0)) == 256
+    count = read_prompts("synth-image-count-train")  # a skill's set: the prompts of its kind
+    assert count and all(p.startswith("two ") and split_of(p) == "train" for p in count)
 
 
 def test_write_prompt_sets(tmp_path):
     from mmalign.synth.prompt_sets import write_prompt_sets
 
     paths = write_prompt_sets(tmp_path)
-    assert sorted(p.name for p in paths) == [f"{n}.txt" for n in prompt_sets()]
+    assert sorted(p.name for p in paths) == [f"{n}.txt" for n in prompt_sets() if n.startswith("synth-")]
     assert read_prompts(tmp_path / "synth-video-heldout.txt") == read_prompts("synth-video-heldout")
 
 

@@ -9,18 +9,23 @@ import pytest
 import torch
 
 from mmalign.align.config import Recipe, load_recipe
+from mmalign.align.selma import SelmaRecipe, load_selma_recipe
 from mmalign.paths import shipped_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 RECIPES = sorted(shipped_dir("recipes").glob("*.yaml"))
 EXPECTED = {"sdxl-diffusion-dpo", "sdxl-diffusion-dpo-full", "sdxl-rankdpo", "synth-diffusion-dpo", "synth-rankdpo",
             "synth-video-dpo", "synth-audio-dpo"}
+SELMA = {"synth-selma", "synth-video-selma", "sdxl-selma"}  # run by `mmalign selma`
 
 
 def test_all_recipes_shipped_and_valid():
-    assert EXPECTED <= {p.stem for p in RECIPES}
+    assert EXPECTED | SELMA <= {p.stem for p in RECIPES}
     for path in RECIPES:
-        assert isinstance(load_recipe(path), Recipe)
+        if path.stem in SELMA:
+            assert isinstance(load_selma_recipe(path), SelmaRecipe)
+        else:
+            assert isinstance(load_recipe(path), Recipe)
     assert isinstance(load_recipe("synth-rankdpo"), Recipe)  # by shipped name
 
 

@@ -1,4 +1,5 @@
-"""``mmalign train RECIPE.yaml [--set key=value ...] [--resume]`` and ``mmalign merge LORA... --method M --out DIR``."""
+"""``mmalign train RECIPE.yaml [--set key=value ...] [--resume]``, ``mmalign merge LORA... --method M --out DIR``
+and ``mmalign selma RECIPE.yaml [--set key=value ...]``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``train`` and ``merge`` to the main app."""
+    """Add ``train``, ``merge`` and ``selma`` to the main app."""
 
     @app.command("train")
     def train_cmd(
@@ -26,6 +27,18 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"{res.steps} steps ({res.stopped}); weights in {res.final_dir}; metrics in {res.output_dir / 'metrics.jsonl'}")
 
     app.command("merge")(merge_command)
+
+    @app.command("selma")
+    def selma_cmd(
+        recipe: str = typer.Argument(..., help="SELMA recipe YAML file or shipped name (e.g. synth-selma, sdxl-selma)"),
+        set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key: --set samples.prompts=32 --set train.max_steps=50"),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bars"),
+    ) -> None:
+        """SELMA skill experts end to end: skill data from the base model kept by a judge, one SFT LoRA per skill,
+        a joint LoRA, every merge, and a held-out table (results.json, table.md, selma.png). Rerun to resume."""
+        from mmalign.align.selma import run_selma
+
+        run_selma(recipe, overrides=list(set_ or []), quiet=quiet)
 
 
 def merge_command(

@@ -105,6 +105,13 @@ class Recipe(Card):
     output_dir: str = Field("runs/mmalign", description="Where checkpoints, metrics.jsonl and final weights go")
     progress: bool = Field(True, description="Show progress bars")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _not_selma(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "skills" in data:
+            raise ConfigError("this is a SELMA recipe (it has 'skills'); run it with `mmalign selma`, not `mmalign train`")
+        return data
+
     @field_validator("mixed_precision", mode="before")
     @classmethod
     def _yaml_no(cls, v: Any) -> Any:

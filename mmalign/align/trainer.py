@@ -170,7 +170,13 @@ def swapped_parameters(module: torch.nn.Module, other: torch.nn.Module) -> Itera
 
 
 def select_data(recipe: Recipe, dataset: PairDataset | RankingDataset) -> PairDataset | RankingDataset:
-    """Rankings for the listwise methods, pairs for the pairwise ones (``data.ranking_to_pairs``)."""
+    """Rankings for the listwise methods, pairs for the pairwise ones (``data.ranking_to_pairs``); samples
+    (rankings of one item) for ``sft`` only."""
+    if isinstance(dataset, RankingDataset) and dataset.k == 1:
+        if recipe.method != "sft":
+            raise ConfigError(f"{dataset.source} holds samples (one item per record), which train only with "
+                              f"method: sft; {recipe.method} needs pairs or rankings")
+        return dataset
     if recipe.method in ("rank_dpo", "lipo"):
         return dataset.as_rankings() if isinstance(dataset, PairDataset) else dataset
     if isinstance(dataset, RankingDataset):

@@ -1,14 +1,14 @@
-"""Preference data: pairs (prompt, chosen, rejected, label) and k-wise rankings (prompt, items, scores).
+"""Preference data: pairs (prompt, chosen, rejected, label), k-wise rankings (prompt, items, scores) and samples.
 
-Readers:
-
-The two schemas (one direction: higher = better), written by ``mmalign pairs`` and read unchanged by
-``mmalign train`` and ``mmalign train-scorer``:
+The schemas (one direction: higher = better), written by ``mmalign pairs`` (and ``mmalign selma``) and read
+unchanged by ``mmalign train`` and ``mmalign train-scorer``:
 
 * a **pair** ``{"prompt", "chosen", "rejected", "label"?}``: ``label`` = P(chosen ≻ rejected) ∈ {1, 0.5, 0}
   (0.5 = tie; default 1);
 * a **ranking** ``{"prompt", "items": [...], "scores": [...]}``: k ≥ 2 items, higher score = better
-  (e.g. Syn-Pic win rates).
+  (e.g. Syn-Pic win rates);
+* a **sample** ``{"prompt", "media"}``: one kept item, for supervised fine-tuning (``method: sft``, e.g.
+  SELMA's skill data); read as a ranking of k = 1.
 
 Readers:
 
@@ -42,6 +42,8 @@ from mmalign.media import ImageBatch, Media, VideoBatch, decode_image_bytes, loa
 MediaRef = str | bytes
 TIES = ("drop", "keep")
 PICKAPIC_COLUMNS = ("jpg_0", "jpg_1", "label_0", "caption")
+#: the manifest a data folder is read from, in this order
+MANIFESTS = ("pairs.jsonl", "rankings.jsonl", "samples.jsonl")
 
 
 @dataclass(frozen=True)
@@ -269,7 +271,7 @@ def read_pickapic(path: str | Path, ties: str = "drop", limit: int | None = None
 def _manifest_record(rec: Any, ties: str, where: str) -> Pair | Ranking | None:
     """One JSONL record as a :class:`Pair` (winner first; None for a dropped tie) or a :class:`Ranking`."""
     if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
-        raise InputError(f"{where}: a record needs a 'prompt' string plus 'chosen'/'rejected' or 'items'/'scores'")
+        raise InputError(f"{where}: a record needs a 'prompt' string plus 'chosen'/'rejected', 'items'/'scores' or 'media'")
     if "items" in rec:
         items, scores = rec["items"], rec.get("scores")
         if not isinstance(items, list) or not isinstance(scores, list) or len(items) != len(scores) or len(items) < 2:
@@ -277,17 +279,24 @@ def _manifest_record(rec: Any, ties: str, where: str) -> Pair | Ranking | None:
         if not all(isinstance(x, str) for x in items):
             raise InputError(f"{where}: 'items' must be media file paths (strings)")
         return Ranking(rec["prompt"], tuple(items), tuple(_number(s, where, "each score") for s in scores))
+    if "media" in rec:
+        if not isinstance(rec["media"], str):
+            raise InputError(f"{where}: 'media' must be a media file path (a string)")
+        return Ranking(rec["prompt"], (rec["media"],), (1.0,))
     if "chosen" in rec and "rejected" in rec:
         if not isinstance(rec["chosen"], str) or not isinstance(rec["rejected"], str):
             raise InputError(f"{where}: 'chosen' and 'rejected' must be media file paths (strings)")
         label = _number(rec.get("label", 1.0), where, "'label'")
         return _oriented(rec["prompt"], rec["chosen"], rec["rejected"], label, ties, where)
-    raise InputError(f"{where}: expected keys 'chosen' and 'rejected' (a pair) or 'items' and 'scores' (a ranking)")
+    raise InputError(f"{where}: expected keys 'chosen' and 'rejected' (a pair), 'items' and 'scores' (a ranking) "
+                     "or 'media' (a sample)")
 
 
 def read_manifest(path: str | Path, ties: str = "drop", limit: int | None = None,
                   resolution: int | None = None) -> PairDataset | RankingDataset:
-    """Read a JSONL manifest of pairs or of rankings (not both) into a dataset; paths are relative to it."""
+    """Read a JSONL manifest of pairs, rankings or samples (one kind) into a dataset; paths are relative to it.
+
+    Samples become a :class:`RankingDataset` of k = 1 (mixed with rankings: an error naming the k's)."""
     _check_ties(ties, str(path))
     path = Path(path)
     if not path.is_file():
@@ -309,7 +318,7 @@ def read_manifest(path: str | Path, ties: str = "drop", limit: int | None = None
             else:
                 (rankings if isinstance(rec, Ranking) else pairs).append(rec)
             if pairs and rankings:
-                raise InputError(f"{where}: the manifest mixes pairs and rankings; write them to separate files")
+                raise InputError(f"{where}: the manifest mixes pairs with rankings or samples; write them to separate files")
             if limit is not None and len(pairs) + len(rankings) >= limit:
                 break
     if not pairs and not rankings:
@@ -324,13 +333,14 @@ def read_preferences(path: str | Path, format: str = "auto", ties: str = "drop",
     """Read preference data: ``format`` ``"pickapic"`` (parquet), ``"manifest"`` (JSONL) or ``"auto"``.
 
     ``"auto"`` picks by suffix: ``.parquet`` (or a folder of them) is Pick-a-Pic; anything else a
-    manifest; a folder written by ``mmalign pairs`` reads its ``pairs.jsonl`` (else ``rankings.jsonl``).
+    manifest; a folder written by ``mmalign pairs`` reads its ``pairs.jsonl`` (else ``rankings.jsonl``, else
+    ``samples.jsonl``).
     """
     p = Path(path)
     if format == "auto":
         format = "pickapic" if p.suffix == ".parquet" or (p.is_dir() and any(p.glob("*.parquet"))) else "manifest"
         if p.is_dir() and format == "manifest":
-            p = p / "pairs.jsonl" if (p / "pairs.jsonl").exists() else p / "rankings.jsonl"
+            p = next((p / f for f in MANIFESTS if (p / f).exists()), p / MANIFESTS[0])
     if format == "pickapic":
         return read_pickapic(p, ties, limit, resolution)
     if format == "manifest":

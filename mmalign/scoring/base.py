@@ -159,9 +159,18 @@ class Scorer:
         p = check_prompts(prompts, len(a), a, self.needs_prompts)
         return torch.sigmoid(self.bt_scale * (self.score(a, p, **kw) - self.score(b, p, **kw)))
 
+    def item_details(self, media: Media | torch.Tensor, prompts: str | Sequence[str] | None = None) -> list[dict[str, float]]:
+        """Named per-item results beyond ``score``, one mapping per item (an oracle's per-skill checks,
+        1.0 = pass); empty mappings by default. An item lacks a name its prompt does not test."""
+        return [{} for _ in range(len(as_media(media)))]
+
     def details(self, media: Media | torch.Tensor, prompts: str | Sequence[str] | None = None) -> dict[str, float]:
-        """Named batch-level results beyond ``score`` (an oracle's per-skill accuracies); none by default."""
-        return {}
+        """Batch means of :meth:`item_details`, each over the items that have it (an oracle's per-skill accuracies)."""
+        totals: dict[str, list[float]] = {}
+        for item in self.item_details(media, prompts):
+            for k, v in item.items():
+                totals.setdefault(k, []).append(float(v))
+        return {k: sum(v) / len(v) for k, v in sorted(totals.items())}
 
     def rank(self, groups: Sequence[tuple[Media | torch.Tensor, str]], **kw) -> list[torch.Tensor]:
         """For each ``(media, prompt)`` group (k candidates for one prompt): indices best first."""

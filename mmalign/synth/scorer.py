@@ -6,9 +6,10 @@ The card names this module as its ``plugin``, so ``load_scorer("synth-oracle")``
 ``score`` = the oracle's faithfulness of each item (the fraction of its prompt's skills that pass,
 :func:`mmalign.synth.oracle.evaluate`) in [0, 1], higher is better; images, videos (checked as
 videos, not frame by frame) and audio; no weights and no gradient. ``compare`` is the card's
-Bradley-Terry formula on those scores. :meth:`OracleScorer.details` gives the batch's per-skill
-accuracies through the :class:`~mmalign.scoring.base.Scorer` interface, so an evaluation logs
-``oracle/<skill>`` without importing the synthetic world::
+Bradley-Terry formula on those scores. :meth:`OracleScorer.item_details` gives each item's skill
+checks (and ``details`` the batch's per-skill accuracies) through the
+:class:`~mmalign.scoring.base.Scorer` interface, so an evaluation logs ``oracle/<skill>`` without
+importing the synthetic world::
 
     oracle = load_scorer("synth-oracle")
     metrics = {"oracle": float(oracle.score(media, prompts).mean()),
@@ -42,11 +43,12 @@ class OracleScorer(Scorer):
                              "use a learned scorer such as synth-hps for reward gradients")
         return super().score(media, prompts, **kw)
 
-    def details(self, media: Media | torch.Tensor, prompts: str | Sequence[str] | None = None) -> dict[str, float]:
-        """Per-skill accuracy of the batch: the fraction of items passing each skill, over the items whose prompt tests it."""
+    def item_details(self, media: Media | torch.Tensor, prompts: str | Sequence[str] | None = None) -> list[dict[str, float]]:
+        """Each item's skill checks (1.0 = pass), for the skills its prompt tests; :meth:`details` averages them."""
         media = as_media(media)
         self.check_modality(media)
-        return evaluate(media, check_prompts(prompts, len(media), media)).per_skill_accuracy()
+        result = evaluate(media, check_prompts(prompts, len(media), media))
+        return [{k: float(v) for k, v in checks.items()} for checks in result.skills]
 
 
 @SCORER_FAMILIES.register("synth_oracle")
