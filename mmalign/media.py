@@ -7,13 +7,16 @@ Layouts:
 * :class:`AudioBatch` — ``samples`` ``[B, C, N]`` in [-1, 1], plus ``sample_rate``.
 
 Each batch may carry per-item ``prompts`` and ``metadata``. Construction validates shape, dtype and
-finiteness, so every consumer can trust a batch it receives.
+finiteness, so every consumer can trust a batch it receives. Items that differ in shape (photos of
+different sizes, videos of different lengths) travel as a :class:`MediaList` of one-item batches;
+:func:`concat` stacks items into one batch where they agree and makes a MediaList where they do not.
 
 Conversions: ``from_numpy`` / ``to_numpy`` (channel-last for images and videos, as PIL and most image
 code use them) and ``from_pil`` / ``to_pil``. Files: :func:`load_media` (PNG/JPEG/WebP with Pillow,
 MP4/WebM/GIF with PyAV, WAV/FLAC/OGG/MP3 with soundfile, ``.npy`` in the item layout; the one
 suffix table is :data:`IMAGE_EXTS` / :data:`VIDEO_EXTS` / :data:`AUDIO_EXTS`, :func:`modality_of`),
-:func:`decode_image_bytes` (encoded bytes, as :func:`load_image` decodes files), :func:`load_folder`,
+:func:`decode_image_bytes` (encoded bytes, as :func:`load_image` decodes files), :func:`load_folder`
+(``ragged=True``: a MediaList of items at their own sizes),
 :func:`save_media` (atomic), and previews: :func:`image_grid`, :func:`video_contact_sheet`. Loading
 checks that a file is decodable, non-empty, finite and of the right shape; an :class:`InputError`
 names the file and the problem. Nothing is resized, padded or resampled unless asked.
@@ -285,6 +288,73 @@ class AudioBatch(_Batch, modality="audio", layout="[B, C, N]", numpy_dims=(0, 1,
 Media = ImageBatch | VideoBatch | AudioBatch
 
 
+def stack_key(batch: Media) -> tuple:
+    """Batches with equal keys concatenate: same type, per-item shape, fps / sample rate."""
+    return type(batch), tuple(batch.data.shape[1:]), tuple(sorted(batch._extra().items()))
+
+
+@dataclass
+class MediaList:
+    """Items of one modality that may differ in shape (image sizes, frame counts, audio lengths).
+
+    Held as one batch of one per item (``items``; batches of several items given to the
+    constructor are split). It offers what scorers and pair data use of a batch: ``len``,
+    ``modality``, ``prompts``, ``metadata``, indexing (always a MediaList), ``to`` and ``cat``.
+    :func:`concat` builds one, or a stacked batch where the items agree in shape.
+    """
+
+    items: list[Media]
+
+    def __post_init__(self) -> None:
+        if isinstance(self.items, _Batch) or not all(isinstance(b, _Batch) for b in self.items):
+            raise InputError("MediaList: expected a list of ImageBatch / VideoBatch / AudioBatch items")
+        self.items = [b if len(b) == 1 else b[i] for b in self.items for i in range(len(b))]
+        kinds = sorted({b.modality for b in self.items})
+        if len(kinds) != 1:
+            raise InputError(f"MediaList: needs items of one modality, got {kinds or 'none'}")
+
+    @property
+    def modality(self) -> str:
+        return self.items[0].modality
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _per_item(self, key: str) -> list | None:
+        values = [getattr(b, key) for b in self.items]
+        return None if any(v is None for v in values) else [v[0] for v in values]
+
+    @property
+    def prompts(self) -> list[str] | None:
+        return self._per_item("prompts")
+
+    @property
+    def metadata(self) -> list[dict[str, Any]] | None:
+        return self._per_item("metadata")
+
+    def __getitem__(self, idx: int | slice | Sequence[int]) -> "MediaList":
+        if isinstance(idx, int):
+            return MediaList([self.items[idx]])
+        if isinstance(idx, slice):
+            return MediaList(self.items[idx])
+        return MediaList([self.items[int(i)] for i in idx])
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "MediaList":
+        return MediaList([b.to(device, dtype) for b in self.items])
+
+    @classmethod
+    def cat(cls, parts: Sequence["MediaList | Media"]) -> "MediaList":
+        """The items of ``parts`` (lists or batches) in order, as one MediaList."""
+        return cls([b for part in parts for b in (part.items if isinstance(part, MediaList) else [part])])
+
+
+def concat(parts: Sequence[Media | MediaList]) -> Media | MediaList:
+    """Items of batches and lists in order: one stacked batch if they agree in shape, else a :class:`MediaList`."""
+    items = MediaList.cat(parts).items
+    if len({stack_key(b) for b in items}) == 1:
+        return type(items[0]).cat(items)
+    return MediaList(items)
+
 
 # --------------------------------------------------------------------------------------------------
 # Files
@@ -471,7 +541,8 @@ def load_folder(
     fps: float = 8.0,
     sample_rate: int = 16000,
     progress: bool = False,
-) -> tuple[Media, LoadReport]:
+    ragged: bool = False,
+) -> tuple[Media | MediaList, LoadReport]:
     """Load every media file of a folder (sorted by path) into one batch, plus a :class:`LoadReport`.
 
     ``modality=None`` takes the one modality the folder's files have (an error if it mixes several).
@@ -481,7 +552,9 @@ def load_folder(
     or ``(H, W)``) resizes them; videos likewise, and their frame counts must agree unless
     ``frames=`` trims or pads (by repeating the last frame); audio lengths unless ``length=`` trims or
     pads with silence. Frame rates, sample rates and channel counts must agree. ``fps`` and
-    ``sample_rate`` apply to ``.npy`` files only.
+    ``sample_rate`` apply to ``.npy`` files only. ``ragged=True`` keeps every item as it is and
+    returns a :class:`MediaList` when they differ in any of these (one batch when they agree): the
+    form scorers take, as each preprocesses every item on its own.
     """
     from tqdm.auto import tqdm
 
@@ -520,7 +593,7 @@ def load_folder(
         report.loaded.append(p)
     if not items:
         raise InputError(f"{folder}: no loadable {modality or 'media'} files\n{report}")
-    return _harmonize(items, folder, size=size, frames=frames, length=length), report
+    return _harmonize(items, folder, size=size, frames=frames, length=length, ragged=ragged), report
 
 
 def _mismatch(folder: Path, what: str, items: list[Media], key: Callable[[Media], Any], fix: str) -> None:
@@ -532,23 +605,27 @@ def _mismatch(folder: Path, what: str, items: list[Media], key: Callable[[Media]
             raise InputError(f"{folder}: {what} differ: {a} has {first}, {b} has {key(item)}; {fix}")
 
 
-def _harmonize(items: list[Media], folder: Path, *, size: Any, frames: int | None, length: int | None) -> Media:
-    """Check (or, where asked, make) the items of a folder agree in shape, then concatenate them."""
+def _harmonize(items: list[Media], folder: Path, *, size: Any, frames: int | None, length: int | None,
+               ragged: bool = False) -> Media | MediaList:
+    """Resize / trim / pad the items of a folder where asked, check they agree in shape (unless
+    ``ragged``), then concatenate them (:func:`concat`: a MediaList if ragged items still differ)."""
     cls = type(items[0])
+    if cls is VideoBatch and frames is not None:
+        items = [_fit_length(b, frames, dim=1) for b in items]
+    if cls is AudioBatch and length is not None:
+        items = [_fit_length(b, length, dim=2) for b in items]
+    if cls in (ImageBatch, VideoBatch) and size is not None:
+        items = [resize(b, size) for b in items]
+    if ragged:
+        return concat(items)
     if cls is VideoBatch:
         _mismatch(folder, "frame rates", items, lambda b: b.fps, "load videos of different fps separately")
-        if frames is not None:
-            items = [_fit_length(b, frames, dim=1) for b in items]
         _mismatch(folder, "frame counts", items, lambda b: b.pixels.shape[1], "pass frames=N to trim or pad them")
     if cls is AudioBatch:
         _mismatch(folder, "sample rates", items, lambda b: b.sample_rate, "resample them to one rate first")
         _mismatch(folder, "channel counts", items, lambda b: b.samples.shape[1], "convert them to one layout first")
-        if length is not None:
-            items = [_fit_length(b, length, dim=2) for b in items]
         _mismatch(folder, "lengths (samples)", items, lambda b: b.samples.shape[2], "pass length=N to trim or pad them")
     if cls in (ImageBatch, VideoBatch):
-        if size is not None:
-            items = [resize(b, size) for b in items]
         _mismatch(folder, "sizes (H, W)", items, lambda b: tuple(b.pixels.shape[-2:]), "pass size=(H, W) to resize them")
     return cls.cat(items)
 

@@ -20,7 +20,7 @@ from mmalign.data.pairs import (
     read_preferences,
 )
 from mmalign.errors import InputError
-from mmalign.media import ImageBatch, decode_image_bytes
+from mmalign.media import ImageBatch
 from mmalign.scoring.base import Scorer
 from test_trainer_adapter import TinyAdapter, write_pairs
 
@@ -51,7 +51,7 @@ def test_pickapic_ties_dropped_winner_first(tmp_path):
     assert [p.prompt for p in ds] == ["c0", "c1", "c3"]
     assert all(p.label == 1.0 for p in ds)
     c1 = ds[1]  # label_0 = 0: jpg_1 won, so it comes first
-    assert decode_image_bytes(c1.chosen).pixels[0, 1, 0, 0] > 0 and decode_image_bytes(c1.chosen).pixels[0, 0, 0, 0] == 0
+    assert ds.load(c1.chosen).pixels[0, 1, 0, 0] > 0 and ds.load(c1.chosen).pixels[0, 0, 0, 0] == 0
 
 
 def test_pickapic_ties_kept_as_half_never_a_win(tmp_path):
@@ -123,7 +123,7 @@ def test_cache_encodes_once_and_reuses(tmp_path):
     again = encode_dataset(ds, adapter, "gen-a", tmp_path / "cache", progress=False)
     assert adapter.encode_calls == 8 and torch.equal(again.latents, data.latents)
     encode_dataset(ds, adapter, "gen-b", tmp_path / "cache", progress=False)  # another generator, another key
-    assert adapter.encode_calls == 16 and len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
+    assert adapter.encode_calls == 16 and len(list((tmp_path / "cache").glob("*/meta.json"))) == 2
 
 
 def test_syn_pic_win_rates_and_pair_modes():
@@ -292,12 +292,12 @@ def test_read_pair_set_from_pairs_rankings_and_pickapic(tmp_path):
     assert pick.a.pixels[0, 1].mean() == 0 and pick.a.pixels[0, 0].mean() == 0  # label_0 = 0: jpg_1 (black, i = 0) won
 
 
-def test_read_pair_set_sizes_must_agree_unless_resized(tmp_path):
-    from mmalign.media import save_media
+def test_read_pair_set_keeps_mixed_sizes_unless_resized(tmp_path):
+    from mmalign.media import MediaList, save_media
     from mmalign.scoring.train import read_pair_set
 
     path = write_pairs(tmp_path, n=2, size=8)
     save_media(ImageBatch(torch.rand(1, 3, 12, 10)), tmp_path / "media", names=["002.png"])
-    with pytest.raises(InputError, match=r"pairs.jsonl: the chosen item of pair 1 is image \(3, 12, 10\).*--resolution"):
-        read_pair_set(path)
+    mixed = read_pair_set(path).a  # each scorer preprocesses each item on its own
+    assert isinstance(mixed, MediaList) and tuple(mixed.items[1].pixels.shape) == (1, 3, 12, 10)
     assert read_pair_set(path, resolution=6).a.pixels.shape == (2, 3, 6, 6)

@@ -164,7 +164,10 @@ def test_rankings_and_parquet(tmp_path):
     # the annotators are a preference source: the one Pick-a-Pic reader reads their file, winner first
     pairs = read_pickapic(path, ties="keep")
     assert [(p.prompt, p.label) for p in pairs] == [("a red circle", 1.0), ("a blue square", 0.5)]
-    assert pairs[0].chosen == table["jpg_1"][0] and pairs[0].rejected == table["jpg_0"][0]
+    assert (pairs[0].chosen.column, pairs[0].rejected.column) == ("jpg_1", "jpg_0")  # lazy cells, winner first
+    from mmalign.media import decode_image_bytes
+
+    assert torch.equal(pairs.load(pairs[0].chosen).pixels, decode_image_bytes(table["jpg_1"][0]).pixels)
 
 
 def test_audio_oracle_reads_register_tempo_timbre():

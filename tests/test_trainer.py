@@ -40,7 +40,7 @@ def test_train_logs_caches_and_releases_encoders(tmp_path):
     weights = _lora(tmp_path / "run")
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())  # B moved off zero
     assert (tmp_path / "run" / "final" / "mmalign_lora.json").exists()
-    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
+    assert len(list((tmp_path / "cache").glob("*/meta.json"))) == 1
     # a second run on the same data and generator reuses the cache: nothing is encoded again
     again = TinyAdapter()
     train(base_recipe(tmp_path, output_dir=str(tmp_path / "run2"), max_steps=1), adapter=again)

@@ -46,7 +46,7 @@ def test_same_weights_whether_or_not_the_cache_existed(tmp_path, tiny_folders, f
     global RNG holds before either."""
     torch.manual_seed(111)
     builds = train(_recipe(tmp_path, tiny_folders[family], output_dir=str(tmp_path / "a")))
-    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
+    assert len(list((tmp_path / "cache").glob("*/meta.json"))) == 1
     torch.manual_seed(999)
     torch.rand(17)
     reads = train(_recipe(tmp_path, tiny_folders[family], output_dir=str(tmp_path / "b")))
@@ -70,7 +70,7 @@ def test_a_changed_encoder_never_reuses_old_latents(tmp_path, tiny_folders):
     with torch.no_grad():
         next(gen.pipe.vae.parameters()).add_(0.01)
     train(_recipe(tmp_path, tiny_folders["sdxl"], max_steps=1, output_dir=str(tmp_path / "b")), generator=gen)
-    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
+    assert len(list((tmp_path / "cache").glob("*/meta.json"))) == 2
 
 
 def test_stages_one_by_one_on_a_flow_dit(tmp_path, tiny_folders):

@@ -23,14 +23,17 @@ Attention = Literal["sdpa", "math", "flash", "efficient", "cudnn", "xformers"]
 
 
 class DataConfig(Card):
-    path: str = Field(description="Preference data: a Pick-a-Pic parquet file/folder or a JSONL manifest of pairs or rankings (from `mmalign pairs`)")
+    path: str = Field(description="Preference data: a Pick-a-Pic parquet file or folder of shards, a datasets hub id (e.g. yuvalkirstain/pickapic_v2, from the local cache), or a JSONL manifest of pairs, rankings or samples (from `mmalign pairs`)")
     format: Literal["auto", "pickapic", "manifest"] = Field("auto", description="Reader: by file suffix, Pick-a-Pic parquet, or JSONL manifest")
     ties: Literal["drop", "keep"] = Field("drop", description="Tied pairs (label 0.5): drop them (official train.py) or keep them as 0.5 labels; never counted as wins")
-    resolution: int | None = Field(None, gt=0, description="Resize + centre-crop images/videos to this square size before encoding (None: as stored)")
+    resolution: int | None = Field(None, gt=0, description="Resize + crop images/videos to this square size before encoding (None: as stored)")
+    random_crop: bool = Field(False, description="Crop at a random offset instead of the centre (diffusers SDXL scripts without --center_crop); fixed per image, so the cache stays valid")
+    random_flip: bool = Field(False, description="Flip half of the images horizontally (--random_flip of the diffusers SDXL scripts); fixed per image")
     limit: int | None = Field(None, gt=0, description="Use at most this many records (for quick runs)")
     ranking_to_pairs: Literal["best-worst", "all"] = Field("best-worst", description="How k-wise rankings become pairs for the pairwise methods")
     prompt_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of records trained with the empty prompt (the official train.py uses 0.2 for SDXL)")
     cache_dir: str | None = Field(None, description="Where encoded latents/text embeddings are stored (default: $MMALIGN_CACHE_DIR or ~/.cache/mmalign/latents)")
+    shard_size: int = Field(1024, gt=0, description="Unique media items (and prompts) per shard of the latent cache; under accelerate each process encodes its own shards")
     release_encoders: bool = Field(True, description="Offload the VAE and text encoders from the accelerator once the dataset is encoded")
 
 

@@ -21,10 +21,14 @@ adapters disabled (``no_grad``) or a frozen copy (full fine-tuning), as in the d
 script (``examples/research_projects/diffusion_dpo/train_diffusion_dpo_sdxl.py`` @ 58eb52c0).
 
 Every random draw comes from the run: noise, timesteps and prompt dropout from generators seeded
-by (seed, step, micro-step, process), the data order from one seeded by (seed, epoch), the LoRA
-init and any dropout from the global RNG forked and seeded for the purpose (:func:`mmalign.rng.owned_rng`).
+by (seed, step, micro-step), the data order from one seeded by (seed, epoch), the LoRA init and any
+dropout from the global RNG forked and seeded for the purpose (:func:`mmalign.rng.owned_rng`).
 So a run does not depend on what ran before it (a cache build, an evaluation) and leaves the
 caller's RNG as it was, and a run killed and resumed ends with the same weights as an uninterrupted one.
+Under ``accelerate launch`` the draws are made for a step's global batch and each process keeps its
+share of records, and gradients are averaged over processes, so N processes with ``batch_size`` B
+train as one process with N·B (LoRA dropout aside); each process encodes only its shards of the
+latent cache (:func:`mmalign.data.cache.encode_dataset`).
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from mmalign.align import losses
 from mmalign.align.config import Recipe, load_recipe
 from mmalign.checkpoint import atomic_folder, clean_partial, latest_checkpoint, load_checkpoint, save_checkpoint
 from mmalign.data.cache import EncodedData, encode_dataset
-from mmalign.data.pairs import PairDataset, RankingDataset, read_preferences
+from mmalign.data.pairs import Fit, PairDataset, RankingDataset, read_preferences
 from mmalign.errors import CheckpointError, ConfigError
 from mmalign.fileio import atomic_write, atomic_write_text
 from mmalign.generators.base import DiffusionAdapter, Generator
@@ -100,15 +104,19 @@ def _dropout_seed(generator: torch.Generator) -> int:
 
 
 def shared_noise(adapter: DiffusionAdapter, latent_shape: Sequence[int], batch: int, k: int,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                 generator: torch.Generator, rows: slice | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Timesteps ``[k·B]`` and noise ``[k·B, ...]`` for B records of k items, item-major.
 
     Row ``j·B + i`` is item j of record i; all k rows of record i share its t and ε, and each record
     draws its own t. For k = 2 this is the official layout: winners in rows 0…B−1, losers in rows
-    B…2B−1 (DiffusionDPO ``train.py`` @ 5233e75, L1014–1016, L1053–1055).
+    B…2B−1 (DiffusionDPO ``train.py`` @ 5233e75, L1014–1016, L1053–1055). With ``rows``, the draws
+    are made for all ``batch`` records (a step's global batch) and only ``rows`` of them kept (one
+    process's share), so N processes draw what one process with their global batch draws.
     """
     t = adapter.sample_timesteps(batch, generator=generator)
     eps = torch.randn((batch, *latent_shape), generator=generator)
+    if rows is not None:
+        t, eps = t[rows], eps[rows]
     return t.repeat(k), eps.repeat(k, *([1] * len(latent_shape)))
 
 
@@ -186,19 +194,29 @@ def select_data(recipe: Recipe, dataset: PairDataset | RankingDataset) -> PairDa
 
 def compute_loss(recipe: Recipe, adapter: DiffusionAdapter, data: EncodedData, index: torch.Tensor,
                  generator: torch.Generator, device: torch.device, reference: Callable[[], Any],
-                 autocast: Callable[[], Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Loss and metrics of one micro-batch of records ``index``: shared t/ε per record, fp32 errors."""
+                 autocast: Callable[[], Any], part: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Loss and metrics of one micro-batch: shared t/ε per record, fp32 errors.
+
+    ``index`` holds the step's global micro-batch (all processes); ``part = (rank, world)`` picks this
+    process's equal share, after the random draws (prompt dropout, t, ε) were made for all of it.
+    """
+    g = len(index)
+    if g % part[1]:
+        raise ConfigError(f"a global micro-batch of {g} records does not split over {part[1]} processes")
+    rows = slice(part[0] * g // part[1], (part[0] + 1) * g // part[1])
+    drop = torch.rand(g, generator=generator)[rows] < recipe.data.prompt_dropout if recipe.data.prompt_dropout > 0 else None
+    index = index[rows]
     items = data.items[index]
     if recipe.method == "sft":
         items = items[:, :1]
     b, k = items.shape
     x0 = data.latents[items.T.reshape(-1)]  # [k·B, ...], item-major: row j·B + i
     prompt_idx = data.prompts[index]
-    if recipe.data.prompt_dropout > 0:
-        drop = torch.rand(b, generator=generator) < recipe.data.prompt_dropout
+    if drop is not None:
         prompt_idx = torch.where(drop, torch.full_like(prompt_idx, data.empty_prompt), prompt_idx)
-    t, eps = shared_noise(adapter, x0.shape[1:], b, k, generator)
+    t, eps = shared_noise(adapter, x0.shape[1:], g, k, generator, rows)
     cond = {name: v[prompt_idx].repeat(k, *([1] * (v.ndim - 1))).to(device) for name, v in data.cond.items()}
+    cond.update({name: v[items.T.reshape(-1)].to(device) for name, v in data.media_cond.items()})  # per item
     x0, eps, t = x0.to(device), eps.to(device), t.to(device)
     noisy = adapter.noise(x0, eps, t)
     target = adapter.target(x0, eps, t)
@@ -405,9 +423,12 @@ class Trainer:
 
         set_attention_backend(self.adapter.denoiser, r.attention)
 
-        dataset = select_data(r, read_preferences(r.data.path, r.data.format, r.data.ties, r.data.limit, r.data.resolution))
+        fit = Fit(r.data.resolution, r.data.random_crop, r.data.random_flip)
+        dataset = select_data(r, read_preferences(r.data.path, r.data.format, r.data.ties, r.data.limit, fit))
         cache_dir = r.data.cache_dir or os.environ.get("MMALIGN_CACHE_DIR") or str(Path.home() / ".cache" / "mmalign" / "latents")
-        self.data = encode_dataset(dataset, self.adapter, r.generator, cache_dir, progress=r.progress and self.rank == 0)
+        self.data = encode_dataset(dataset, self.adapter, r.generator, cache_dir, progress=r.progress and self.rank == 0,
+                                   shard_size=r.data.shard_size, part=(self.rank, self.world),
+                                   barrier=self.accelerator.wait_for_everyone)
         if r.data.release_encoders:
             self.adapter.release_encoders()
 
@@ -470,13 +491,13 @@ class Trainer:
         r, st = self.recipe, self.state
         parts = []
         for micro in range(r.grad_accum):
-            index = self.order.take(st.position + self.rank * r.batch_size, r.batch_size)
+            index = self.order.take(st.position, r.batch_size * self.world)  # the global micro-batch
             st.position += r.batch_size * self.world
-            gen = step_generator(r.seed, st.step, micro, self.rank)
+            gen = step_generator(r.seed, st.step, micro, 0)  # every process draws the global batch's noise
             # dropout (LoRA or the denoiser's) draws from the global RNG: seed it per micro-step, apart from gen
             with owned_rng(_dropout_seed(gen), self.device):
                 loss, metrics = compute_loss(r, self.adapter, self.data, index, gen, self.device, self.reference,
-                                             self.accelerator.autocast)
+                                             self.accelerator.autocast, part=(self.rank, self.world))
                 if not torch.isfinite(loss):
                     raise CheckpointError(
                         f"non-finite loss ({float(loss.detach())}) at step {st.step + 1}, micro-step {micro}; stopped "

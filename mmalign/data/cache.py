@@ -1,40 +1,99 @@
-"""Latents and text conditioning of a preference dataset, encoded once and stored on disk.
+"""Latents and text conditioning of a preference dataset, encoded once into on-disk shards.
 
 The diffusers DPO scripts run the VAE and both text encoders on every step
 (``examples/research_projects/diffusion_dpo/train_diffusion_dpo_sdxl.py`` @ 58eb52c0); here each
-unique media file and each unique prompt is encoded once with the adapter's ``encode_media`` /
-``encode_prompts``, stored as one safetensors file under ``cache_dir/<sha256 key>.safetensors`` and
-reused by later runs. The key covers the data (prompts, media identities, labels, resolution), the
-adapter class and a fingerprint of the encoders' weights and configs
-(:func:`encoder_fingerprint`), so a retrained VAE or text encoder never reuses old latents. After
-that the trainer can release the VAE and text encoders. The latents are whatever ``encode_media``
-returns, fixed once: encoding runs under a fixed seed (a VAE that samples its posterior is sampled
-once, the same way every time), and a run gets the same tensors (values and memory layout) whether
-it built the cache or read it.
+unique media item and each unique prompt is encoded once with the adapter's ``encode_media`` /
+``encode_prompts`` and stored under ``cache_dir/<sha256 key>/``:
+
+* ``media-00000.safetensors``, … — ``latents`` of ``shard_size`` unique media items each, their
+  conditioning from the media (``mcond.*``: SDXL's original size and crop, :meth:`DiffusionAdapter.media_conditioning`)
+  and ``ok`` (0 where the item could not be decoded: a corrupt image row is skipped and counted, never a crash);
+* ``prompts-00000.safetensors``, … — every conditioning tensor of ``shard_size`` unique prompts each
+  (the last row of the last shard is the empty prompt, for prompt dropout);
+* ``index.safetensors`` — ``items [M, k]``, ``prompts [M]``, ``scores [M, k]`` of the records kept;
+* ``meta.json`` — written last: its presence marks a complete cache.
+
+Each shard is written atomically as soon as it is encoded, so a killed build resumes without
+re-encoding finished shards; each shard is encoded under its own fixed seed (a VAE that samples its
+posterior draws the same noise whether the build ran once or was resumed). At train time the shards
+are memory-mapped (safetensors), so resident memory holds the rows a step touches, not the dataset.
+The key covers the data (prompts, media identities, labels, resolution), the adapter class, a
+fingerprint of the encoders' weights and configs (:func:`encoder_fingerprint`) and the shard size,
+so a retrained VAE or text encoder never reuses old latents. After that the trainer releases the
+VAE and text encoders.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from mmalign.data.pairs import PairDataset, RankingDataset
 from mmalign.errors import InputError
-from mmalign.fileio import atomic_write
+from mmalign.fileio import atomic_write, atomic_write_json
 from mmalign.generators.base import DiffusionAdapter
 from mmalign.media import Media
 from mmalign.rng import owned_rng
 
-CACHE_VERSION = 2
-#: the seed encoding runs under (the cache does not depend on a run's seed)
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 3
+#: the seed encoding runs under (the cache does not depend on a run's seed); shard i uses ENCODE_SEED + i
 ENCODE_SEED = 0
+#: unique media items (or prompts) per shard
+SHARD_SIZE = 1024
+#: how many skipped items a cache's meta.json names
+MAX_LISTED_FAILURES = 50
+
+
+class RowShards:
+    """Rows of one tensor kept in shards of ``shard_size`` rows (the last may be shorter), e.g. memory-mapped
+    files. Indexing with a tensor of row indices gathers those rows into one tensor, as ``tensor[index]``."""
+
+    def __init__(self, shards: Sequence[torch.Tensor]) -> None:
+        if not shards:
+            raise InputError("RowShards needs at least one shard")
+        self.shards = list(shards)
+        self.shard_size = int(self.shards[0].shape[0])
+        self.row_shape = tuple(self.shards[0].shape[1:])
+        self.dtype = self.shards[0].dtype
+
+    def __len__(self) -> int:
+        return sum(int(s.shape[0]) for s in self.shards)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self), *self.row_shape))
+
+    @property
+    def ndim(self) -> int:
+        return 1 + len(self.row_shape)
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
+        index = torch.as_tensor(index, dtype=torch.long)
+        flat = index.reshape(-1)
+        shard, offset = flat // self.shard_size, flat % self.shard_size
+        out = torch.empty((flat.numel(), *self.row_shape), dtype=self.dtype)
+        for s in shard.unique().tolist():
+            rows = shard == s
+            out[rows] = self.shards[s][offset[rows]]
+        return out.reshape(*index.shape, *self.row_shape)
+
+    def materialize(self) -> torch.Tensor:
+        """All rows as one in-memory tensor (small data, tests)."""
+        return torch.cat(self.shards)
+
+
+Rows = torch.Tensor | RowShards
 
 
 @dataclass
@@ -44,16 +103,18 @@ class EncodedData:
     ``latents [N, ...]`` holds each unique media item once; ``items [M, k]`` indexes it.
     ``cond`` maps conditioning names to ``[P + 1, ...]`` (the last row is the empty prompt, for
     prompt dropout); ``prompts [M]`` indexes it. ``scores [M, k]``: for pairs (label, 1 − label),
-    for rankings the graded scores ψ.
+    for rankings the graded scores ψ. ``latents`` and ``cond`` are tensors or :class:`RowShards`.
     """
 
     kind: str
-    latents: torch.Tensor
-    cond: dict[str, torch.Tensor]
+    latents: Rows
+    cond: dict[str, Rows]
     items: torch.Tensor
     prompts: torch.Tensor
     scores: torch.Tensor
     path: Path | None = None
+    skipped: int = 0  # records dropped because one of their media items could not be decoded
+    media_cond: dict[str, Rows] = field(default_factory=dict)  # per media item (DiffusionAdapter.media_conditioning)
 
     def __len__(self) -> int:
         return int(self.items.shape[0])
@@ -65,16 +126,6 @@ class EncodedData:
     @property
     def empty_prompt(self) -> int:
         return next(iter(self.cond.values())).shape[0] - 1
-
-    def to_tensors(self) -> dict[str, torch.Tensor]:
-        out = {"latents": self.latents, "items": self.items, "prompts": self.prompts, "scores": self.scores}
-        out.update({f"cond.{k}": v for k, v in self.cond.items()})
-        return {k: v.contiguous() for k, v in out.items()}
-
-    @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], kind: str, path: Path | None = None) -> "EncodedData":
-        cond = {k[5:]: v for k, v in tensors.items() if k.startswith("cond.")}
-        return cls(kind, tensors["latents"], cond, tensors["items"], tensors["prompts"], tensors["scores"], path)
 
 
 def encoder_fingerprint(adapter: DiffusionAdapter) -> str:
@@ -91,10 +142,11 @@ def encoder_fingerprint(adapter: DiffusionAdapter) -> str:
     return h.hexdigest()
 
 
-def cache_key(dataset: PairDataset | RankingDataset, generator_id: str, adapter: DiffusionAdapter) -> str:
-    """sha256 of (dataset fingerprint, generator id, adapter class, encoder fingerprint, cache format version)."""
+def cache_key(dataset: PairDataset | RankingDataset, generator_id: str, adapter: DiffusionAdapter,
+              shard_size: int = SHARD_SIZE) -> str:
+    """sha256 of (dataset fingerprint, generator id, adapter class, encoder fingerprint, shard size, format version)."""
     spec = {"data": dataset.fingerprint(), "generator": generator_id, "adapter": type(adapter).__qualname__,
-            "encoders": encoder_fingerprint(adapter), "version": CACHE_VERSION}
+            "encoders": encoder_fingerprint(adapter), "shard_size": shard_size, "version": CACHE_VERSION}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
@@ -102,30 +154,110 @@ def _to_cpu(x: torch.Tensor) -> torch.Tensor:
     return x.detach().to("cpu", torch.float32 if x.is_floating_point() else x.dtype).contiguous()
 
 
-def _encode_media(dataset, adapter: DiffusionAdapter, refs: Sequence, batch_size: int, progress: bool) -> torch.Tensor:
+# ----------------------------------------------------------------------------------------- encoding
+
+
+def _encode_media_rows(dataset, adapter: DiffusionAdapter, refs: Sequence, batch_size: int, row_shape: list,
+                       bar: tqdm) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``latents``, ``mcond.*`` (:meth:`DiffusionAdapter.media_conditioning`) and ``ok`` of one shard's media,
+    and its ``failures`` (JSON): an item that does not decode is skipped and recorded."""
+    failures: list[tuple[str, str]] = []
+    loaded: list[tuple[int, Media]] = []
+    for i, ref in enumerate(refs):
+        try:
+            loaded.append((i, dataset.load(ref)))
+        except InputError as e:
+            failures.append((dataset.ref_key(ref), str(e)))
     chunks = []
-    bar = tqdm(total=len(refs), desc="encoding media", unit="item", disable=not progress)
-    for start in range(0, len(refs), batch_size):
-        batch: list[Media] = [dataset.load(r) for r in refs[start : start + batch_size]]
+    for start in range(0, len(loaded), batch_size):
+        batch = [m for _, m in loaded[start : start + batch_size]]
         try:
             media = type(batch[0]).cat(batch)
         except InputError as e:
             raise InputError(f"{dataset.source}: media of different sizes ({e}); set data.resolution") from e
         with torch.no_grad():
-            chunks.append(_to_cpu(adapter.encode_media(media)))
+            chunks.append({"latents": _to_cpu(adapter.encode_media(media)),
+                           **{f"mcond.{k}": _to_cpu(v) for k, v in adapter.media_conditioning(media).items()}})
         bar.update(len(batch))
-    bar.close()
-    return torch.cat(chunks)
+    bar.update(len(refs) - len(loaded))
+    if chunks:
+        row_shape[:] = [(name, v.shape[1:], v.dtype) for name, v in chunks[0].items()]
+    elif not row_shape:
+        raise InputError(f"{dataset.source}: none of the first {len(refs)} media items could be decoded "
+                         f"(e.g. {failures[-1][1]}); check the data")
+    ok = torch.zeros(len(refs), dtype=torch.uint8)
+    ok[[i for i, _ in loaded]] = 1
+    out = {"ok": ok}
+    for name, shape, dtype in row_shape:  # a skipped item keeps a row of zeros
+        out[name] = torch.zeros((len(refs), *shape), dtype=dtype)
+        if chunks:
+            out[name][ok.bool()] = torch.cat([c[name] for c in chunks])
+    return out, {"failures": json.dumps(failures)}
 
 
-def _encode_prompts(adapter: DiffusionAdapter, prompts: Sequence[str], batch_size: int) -> dict[str, torch.Tensor]:
+def _encode_prompt_rows(adapter: DiffusionAdapter, prompts: Sequence[str], batch_size: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     parts: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(prompts), batch_size):
         with torch.no_grad():
             cond = adapter.encode_prompts(list(prompts[start : start + batch_size]))
         for k, v in cond.items():
             parts.setdefault(k, []).append(_to_cpu(v))
-    return {k: torch.cat(v) for k, v in parts.items()}
+    return {k: torch.cat(v) for k, v in parts.items()}, {}
+
+
+Encoded = tuple[dict[str, torch.Tensor], dict[str, str]]  # a shard's tensors and its metadata
+
+
+def _read_shard(path: Path) -> Encoded:
+    """A shard file, memory-mapped, with its metadata."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return load_file(str(path)), meta
+
+
+def _shards(folder: Path | None, prefix: str, n: int, shard_size: int, device: torch.device | None,
+            encode: Callable[[int, int], Encoded], part: tuple[int, int] = (0, 1)) -> list[Encoded]:
+    """Encode rows ``[0, n)`` in shards; with ``folder``, each shard is written atomically and memory-mapped
+    back, and shards already on disk (a resumed build) are opened instead of encoded. With ``part =
+    (rank, world)`` and a folder, this process encodes only shards ``i ≡ rank (mod world)`` (returning those)."""
+    out = []
+    for i, start in enumerate(range(0, n, shard_size)):
+        path = folder / f"{prefix}-{i:05d}.safetensors" if folder is not None else None
+        if path is not None and i % part[1] != part[0]:
+            continue  # another process's shard
+        if path is not None and path.exists():
+            out.append(_read_shard(path))
+            continue
+        with owned_rng(ENCODE_SEED + i, device):
+            tensors, meta = encode(start, min(n, start + shard_size))
+        if path is not None:
+            meta = {**meta, "rank": str(part[0])}  # which process encoded it
+            atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+            tensors = load_file(str(path))  # memory-mapped: the encoded copy is freed
+        out.append((tensors, meta))
+    return out
+
+
+def _rows(shards: list[dict[str, torch.Tensor]], name: str) -> Rows:
+    parts = [s[name] for s in shards]
+    return parts[0] if len(parts) == 1 else RowShards(parts)
+
+
+def _open(folder: Path, kind: str) -> EncodedData:
+    """A complete cache folder, memory-mapped."""
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    media = [load_file(str(folder / f"media-{i:05d}.safetensors")) for i in range(meta["media_shards"])]
+    prompts = [load_file(str(folder / f"prompts-{i:05d}.safetensors")) for i in range(meta["prompt_shards"])]
+    index = load_file(str(folder / "index.safetensors"))
+    return _encoded(kind, media, prompts, index, folder, meta["skipped_records"])
+
+
+def _encoded(kind: str, media: list[dict[str, torch.Tensor]], prompts: list[dict[str, torch.Tensor]],
+             index: dict[str, torch.Tensor], folder: Path | None, skipped: int) -> EncodedData:
+    cond = {name: _rows(prompts, name) for name in prompts[0]}
+    media_cond = {name[6:]: _rows(media, name) for name in media[0] if name.startswith("mcond.")}
+    return EncodedData(kind, _rows(media, "latents"), cond, index["items"], index["prompts"], index["scores"], folder,
+                       skipped=skipped, media_cond=media_cond)
 
 
 def encode_dataset(
@@ -135,20 +267,30 @@ def encode_dataset(
     cache_dir: str | Path | None = None,
     batch_size: int = 8,
     progress: bool = True,
+    shard_size: int = SHARD_SIZE,
+    part: tuple[int, int] = (0, 1),
+    barrier: Callable[[], None] = lambda: None,
 ) -> EncodedData:
-    """Encode ``dataset`` with ``adapter`` once; with ``cache_dir``, load it from there if present, else store it."""
+    """Encode ``dataset`` with ``adapter`` once; with ``cache_dir``, open it from there if complete, resume a
+    partial build, or build it (see the module docstring). Records whose media cannot be decoded are
+    skipped and counted (``EncodedData.skipped``, a warning naming the first few).
+
+    Several processes (``part = (rank, world)``, ``barrier`` = wait for all) share one build: each
+    encodes its shards only, then process 0 writes the index; every process opens the whole cache.
+    Without ``cache_dir`` every process encodes everything."""
     kind = "pairs" if isinstance(dataset, PairDataset) else "rankings"
     if len(dataset) == 0:
         raise InputError(f"{dataset.source}: no preference records to train on (dropped ties: "
                          f"{getattr(dataset, 'dropped_ties', 0)}); check the data or set data.ties=keep")
-    path = None
+    folder = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"{cache_key(dataset, generator_id, adapter)}.safetensors"
-        if path.exists():
-            return EncodedData.from_tensors(load_file(str(path)), kind, path)
+        folder = Path(cache_dir) / cache_key(dataset, generator_id, adapter, shard_size)
+        if (folder / "meta.json").is_file():
+            return _open(folder, kind)
+        folder.mkdir(parents=True, exist_ok=True)
 
     records = list(dataset._records())
-    keys = {}  # media identity -> index into latents
+    keys: dict[str, int] = {}  # media identity -> index into latents
     refs, items = [], []
     for _, rec_refs, _ in records:
         row = []
@@ -159,25 +301,53 @@ def encode_dataset(
                 refs.append(r)
             row.append(keys[key])
         items.append(row)
-    unique_prompts = list(dict.fromkeys(p for p, _, _ in records))
+    unique_prompts = list(dict.fromkeys(p for p, _, _ in records)) + [""]
     prompt_index = {p: i for i, p in enumerate(unique_prompts)}
+    device = getattr(adapter, "device", None)
 
-    with owned_rng(ENCODE_SEED, getattr(adapter, "device", None)):
-        latents = _encode_media(dataset, adapter, refs, batch_size, progress)
-        cond = _encode_prompts(adapter, unique_prompts + [""], batch_size)
-    data = EncodedData(
-        kind,
-        latents,
-        cond,
-        torch.tensor(items, dtype=torch.long),
-        torch.tensor([prompt_index[p] for p, _, _ in records], dtype=torch.long),
-        torch.tensor([list(s) for _, _, s in records], dtype=torch.float32),
-        path,
-    )
-    if path is not None:
-        meta = {"kind": kind, "generator": generator_id, "source": dataset.source, "version": str(CACHE_VERSION)}
-        atomic_write(path, lambda tmp: save_file(data.to_tensors(), str(tmp), metadata=meta))
-    return data
+    if folder is None:
+        part = (0, 1)
+    prompt_shards = _shards(folder, "prompts", len(unique_prompts), shard_size, device,
+                            lambda a, b: _encode_prompt_rows(adapter, unique_prompts[a:b], batch_size), part)
+    row_shape: list = []
+    mine = sum(min(shard_size, len(refs) - s) for i, s in enumerate(range(0, len(refs), shard_size)) if i % part[1] == part[0])
+    bar = tqdm(total=mine, desc="encoding media", unit="item", disable=not progress)
+    media_shards = _shards(folder, "media", len(refs), shard_size, device,
+                           lambda a, b: _encode_media_rows(dataset, adapter, refs[a:b], batch_size, row_shape, bar),
+                           part)
+    bar.close()
+    if part[1] > 1:
+        log.info("process %d of %d: %d of %d media items are in its cache shards", part[0], part[1], mine, len(refs))
+        barrier()  # every shard is on disk
+        if part[0] != 0:
+            barrier()  # process 0 writes the index
+            return _open(folder, kind)
+        media_shards = [_read_shard(p) for p in sorted(folder.glob("media-*.safetensors"))]
+
+    failures = [tuple(f) for _, meta in media_shards for f in json.loads(meta.get("failures", "[]"))]
+    ok = torch.cat([t["ok"] for t, _ in media_shards]).bool()
+    item_t = torch.tensor(items, dtype=torch.long)
+    keep = ok[item_t].all(1)
+    index = {"items": item_t[keep].contiguous(),
+             "prompts": torch.tensor([prompt_index[p] for p, _, _ in records], dtype=torch.long)[keep].contiguous(),
+             "scores": torch.tensor([list(s) for _, _, s in records], dtype=torch.float32)[keep].contiguous()}
+    skipped = int((~keep).sum())
+    if skipped:
+        log.warning("%s: skipped %d of %d records whose media could not be decoded (%d items), e.g. %s",
+                    dataset.source, skipped, len(records), int((~ok).sum()), failures[0][1] if failures else "(see meta.json)")
+    if not bool(keep.any()):
+        raise InputError(f"{dataset.source}: no record has decodable media (e.g. {failures[0][1]}); check the data")
+    if folder is not None:
+        atomic_write(folder / "index.safetensors", lambda tmp: save_file(index, str(tmp)))
+        atomic_write_json(folder / "meta.json", {
+            "kind": kind, "generator": generator_id, "source": dataset.source, "version": CACHE_VERSION,
+            "shard_size": shard_size, "media_items": len(refs), "prompts": len(unique_prompts),
+            "records": len(records), "skipped_records": skipped, "skipped_items": int((~ok).sum()),
+            "failures": [{"item": k, "error": e} for k, e in failures[:MAX_LISTED_FAILURES]],
+            "media_shards": len(media_shards), "prompt_shards": -(-len(unique_prompts) // shard_size)})
+        barrier()  # the other processes open the cache now
+        return _open(folder, kind)
+    return _encoded(kind, [t for t, _ in media_shards], [t for t, _ in prompt_shards], index, None, skipped)
 
 
-__all__ = ["EncodedData", "encode_dataset", "cache_key", "encoder_fingerprint", "CACHE_VERSION"]
+__all__ = ["EncodedData", "RowShards", "encode_dataset", "cache_key", "encoder_fingerprint", "CACHE_VERSION", "SHARD_SIZE"]

@@ -12,15 +12,17 @@ unchanged by ``mmalign train`` and ``mmalign train-scorer``:
 
 Readers:
 
-* :func:`read_pickapic` — Pick-a-Pic-style parquet (``jpg_0, jpg_1, label_0, caption``; image bytes).
-  ``label_0`` ∈ {1, 0, 0.5}; the winner is put first; ties (0.5) are dropped (``ties="drop"``, as
+* :func:`read_pickapic` — Pick-a-Pic-style parquet (``jpg_0, jpg_1, label_0, caption``; image bytes): a
+  file, a folder of shards or a cached hub dataset id, read row group by row group with each image a lazy
+  :class:`~mmalign.data.pickapic.ParquetRef` (:mod:`mmalign.data.pickapic`), so memory does not grow with the
+  image bytes. ``label_0`` ∈ {1, 0, 0.5}; the winner is put first; ties (0.5) are dropped (``ties="drop"``, as
   the official Diffusion-DPO ``train.py`` L855–863 does) or kept with label 0.5 (``ties="keep"``) —
   never silently counted as a win of ``jpg_0``, as the diffusers Diffusion-DPO example loader does.
 * :func:`read_manifest` — a JSONL manifest of pairs or of rankings (not both) of media files
   (image, video or audio; paths relative to the manifest), one record per line.
 * :func:`read_preferences` — either, by file suffix.
 
-A media reference is a path or encoded image bytes; :meth:`PairDataset.load` decodes it into a
+A media reference is a path, encoded image bytes or a parquet cell; :meth:`PairDataset.load` decodes it into a
 one-item media batch (:func:`mmalign.media.load_media` / :func:`mmalign.media.decode_image_bytes`),
 resized and centre-cropped to ``resolution`` for images and videos.
 """
@@ -34,14 +36,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Iterable, Iterator, Sequence, TypeVar
 
+import torch
 import torch.nn.functional as F
 
+from mmalign.data.pickapic import PICKAPIC_COLUMNS, ParquetRef, cell_key, is_hub_id, parquet_files, read_cell, scan_rows
 from mmalign.errors import InputError
 from mmalign.media import ImageBatch, Media, VideoBatch, decode_image_bytes, load_media, modality_of
 
-MediaRef = str | bytes
+MediaRef = str | bytes | ParquetRef
 TIES = ("drop", "keep")
-PICKAPIC_COLUMNS = ("jpg_0", "jpg_1", "label_0", "caption")
 #: the manifest a data folder is read from, in this order
 MANIFESTS = ("pairs.jsonl", "rankings.jsonl", "samples.jsonl")
 
@@ -65,28 +68,56 @@ class Ranking:
     scores: tuple[float, ...]
 
 
-def fit_resolution(media: Media, resolution: int | None) -> Media:
-    """Resize the short side to ``resolution`` (bilinear, antialiased) and centre-crop a square.
+@dataclass(frozen=True)
+class Fit:
+    """How each image or video is fitted before encoding: resize the short side to ``resolution``, then
+    a centre crop (the official Diffusion-DPO ``train.py`` L772–790) or, with ``random_crop``, a crop at
+    a random offset, and with ``random_flip`` a horizontal flip half of the time (the ``--random_flip`` /
+    non-``--center_crop`` transforms of diffusers' ``train_diffusion_dpo_sdxl.py`` @ 58eb52c0). The random
+    choices are a fixed function of each item's identity, so cached latents stay valid."""
 
-    The official Diffusion-DPO transform (``train.py`` L772–790) without random flips, so cached
-    latents stay valid. Audio and ``resolution=None`` pass through unchanged.
-    """
-    if resolution is None or media.modality == "audio":
+    resolution: FitArg = None
+    random_crop: bool = False
+    random_flip: bool = False
+
+
+FitArg = int | Fit | None
+
+
+def as_fit(fit: FitArg) -> Fit:
+    return fit if isinstance(fit, Fit) else Fit(fit)
+
+
+def fit_resolution(media: Media, fit: FitArg, key: str = "") -> Media:
+    """Fit ``media`` per ``fit`` (an int: centre crop to that square size) and record SDXL's
+    micro-conditioning in each item's metadata: ``original_size`` (h, w) before resizing and
+    ``crop_top_left`` (top, left) in the resized image (Podell et al. 2023, §2.2). ``key`` seeds the
+    random crop and flip. Audio and ``resolution=None`` pass through unchanged."""
+    fit = as_fit(fit)
+    if fit.resolution is None or media.modality == "audio":
         return media
+    res = fit.resolution
     px = media.pixels
     lead = px.shape[:-3]
     flat = px.reshape(-1, *px.shape[-3:])
     h, w = flat.shape[-2:]
-    if (h, w) != (resolution, resolution):
-        scale = resolution / min(h, w)
-        nh, nw = max(resolution, round(h * scale)), max(resolution, round(w * scale))
-        flat = F.interpolate(flat, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-        top, left = (nh - resolution) // 2, (nw - resolution) // 2
-        flat = flat[..., top : top + resolution, left : left + resolution].clamp(0, 1)
-    out = flat.reshape(*lead, *flat.shape[-3:])
+    scale = res / min(h, w)
+    nh, nw = max(res, round(h * scale)), max(res, round(w * scale))
+    if (nh, nw) != (h, w):
+        flat = F.interpolate(flat, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+    g = torch.Generator().manual_seed(int(hashlib.sha256(key.encode()).hexdigest()[:12], 16))
+    if fit.random_flip and bool(torch.rand(1, generator=g) < 0.5):
+        flat = flat.flip(-1)
+    if fit.random_crop:
+        top, left = (int(torch.randint(0, n - res + 1, (1,), generator=g)) for n in (nh, nw))
+    else:
+        top, left = (nh - res) // 2, (nw - res) // 2
+    out = flat[..., top : top + res, left : left + res].reshape(*lead, 3, res, res)
+    metadata = [{**(m or {}), "original_size": (int(h), int(w)), "crop_top_left": (top, left)}
+                for m in (media.metadata or [None] * len(media))]
     if isinstance(media, VideoBatch):
-        return VideoBatch(out, fps=media.fps, prompts=media.prompts, metadata=media.metadata)
-    return ImageBatch(out, prompts=media.prompts, metadata=media.metadata)
+        return VideoBatch(out, fps=media.fps, prompts=media.prompts, metadata=metadata)
+    return ImageBatch(out, prompts=media.prompts, metadata=metadata)
 
 
 T = TypeVar("T", Pair, Ranking)
@@ -95,8 +126,12 @@ T = TypeVar("T", Pair, Ranking)
 class _Dataset(Generic[T]):
     """A list of pairs or rankings whose media references are loaded and fingerprinted relative to ``root``."""
 
-    def __init__(self, entries: Sequence[T], root: Path | None, source: str, resolution: int | None) -> None:
-        self.entries, self.root, self.source, self.resolution = list(entries), root, source, resolution
+    def __init__(self, entries: Sequence[T], root: Path | None, source: str, resolution: FitArg) -> None:
+        self.entries, self.root, self.source, self.fit = list(entries), root, source, as_fit(resolution)
+
+    @property
+    def resolution(self) -> int | None:
+        return self.fit.resolution
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -108,26 +143,31 @@ class _Dataset(Generic[T]):
         return iter(self.entries)
 
     def resolve(self, ref: MediaRef) -> MediaRef:
-        if isinstance(ref, bytes) or self.root is None or os.path.isabs(ref):
+        if not isinstance(ref, str) or self.root is None or os.path.isabs(ref):
             return ref
         return str(self.root / ref)
 
     def load(self, ref: MediaRef) -> Media:
-        """Decode one reference into a one-item media batch (fitted to ``resolution``)."""
+        """Decode one reference into a one-item media batch, fitted per :attr:`fit` (:func:`fit_resolution`)."""
         ref = self.resolve(ref)
         if isinstance(ref, bytes):
             media = decode_image_bytes(ref, where=self.source)
+        elif isinstance(ref, ParquetRef):
+            media = decode_image_bytes(read_cell(ref), where=str(ref))
         elif not os.path.exists(ref):
             raise InputError(f"{self.source}: media file {ref} does not exist; fix the manifest path")
         else:
             media = load_media(ref)
-        return fit_resolution(media, self.resolution)
+        return fit_resolution(media, self.fit, self.ref_key(ref) if self.fit.random_crop or self.fit.random_flip else "")
 
     def ref_key(self, ref: MediaRef) -> str:
-        """A stable identity of a reference: a content hash for bytes, path + size + mtime for files."""
+        """A stable identity of a reference: a content hash for bytes, path + size + mtime for files
+        (and for a parquet cell, plus its row group, row and column)."""
         ref = self.resolve(ref)
         if isinstance(ref, bytes):
             return "sha1:" + hashlib.sha1(ref).hexdigest()
+        if isinstance(ref, ParquetRef):
+            return cell_key(ref)
         st = os.stat(ref)
         return f"file:{os.path.abspath(ref)}:{st.st_size}:{st.st_mtime_ns}"
 
@@ -140,18 +180,18 @@ class _Dataset(Generic[T]):
                 yield e.prompt, e.items, e.scores
 
     def fingerprint(self) -> str:
-        """sha256 over prompts, media identities, labels/scores and resolution: the cache key's data part."""
-        h = hashlib.sha256(f"{type(self).__name__}|{self.resolution}".encode())
+        """sha256 over prompts, media identities, labels/scores and the fit: the cache key's data part."""
+        h = hashlib.sha256(f"{type(self).__name__}|{self.fit}".encode())
         for prompt, refs, scores in self._records():
             h.update(json.dumps([prompt, [self.ref_key(r) for r in refs], list(scores)]).encode())
         return h.hexdigest()
 
     @property
     def modality(self) -> str:
-        """``"image" | "video" | "audio"`` of the first entry's first item (bytes are images)."""
+        """``"image" | "video" | "audio"`` of the first entry's first item (bytes and parquet cells are images)."""
         for _, refs, _ in self._records():
             ref = self.resolve(refs[0])
-            return "image" if isinstance(ref, bytes) else modality_of(ref)
+            return "image" if isinstance(ref, (bytes, ParquetRef)) else modality_of(ref)
         raise InputError(f"{self.source}: the dataset is empty")
 
 
@@ -159,21 +199,21 @@ class PairDataset(_Dataset[Pair]):
     """A list of :class:`Pair` (winner first) with media loading relative to ``root``."""
 
     def __init__(self, pairs: Sequence[Pair], root: Path | None = None, source: str = "<memory>",
-                 resolution: int | None = None, dropped_ties: int = 0) -> None:
+                 resolution: FitArg = None, dropped_ties: int = 0) -> None:
         super().__init__(pairs, root, source, resolution)
         self.dropped_ties = dropped_ties
 
     def as_rankings(self) -> "RankingDataset":
         """Each pair as a k = 2 ranking with scores (label, 1 − label): a tie gives no ranked pair."""
         rankings = [Ranking(prompt, tuple(refs), tuple(scores)) for prompt, refs, scores in self._records()]
-        return RankingDataset(rankings, self.root, self.source, self.resolution)
+        return RankingDataset(rankings, self.root, self.source, self.fit)
 
 
 class RankingDataset(_Dataset[Ranking]):
     """A list of :class:`Ranking` (all with the same k) with media loading relative to ``root``."""
 
     def __init__(self, rankings: Sequence[Ranking], root: Path | None = None, source: str = "<memory>",
-                 resolution: int | None = None) -> None:
+                 resolution: FitArg = None) -> None:
         super().__init__(rankings, root, source, resolution)
         ks = {len(r.items) for r in self.entries}
         if len(ks) > 1:
@@ -202,7 +242,7 @@ class RankingDataset(_Dataset[Ranking]):
                     dropped += 1
                     continue
                 pairs.append(Pair(r.prompt, r.items[i], r.items[j], 0.5 if tie else 1.0))
-        return PairDataset(pairs, self.root, self.source, self.resolution, dropped_ties=dropped)
+        return PairDataset(pairs, self.root, self.source, self.fit, dropped_ties=dropped)
 
 
 def _check_ties(ties: str, where: str) -> None:
@@ -229,40 +269,21 @@ def _oriented(prompt: str, a: MediaRef, b: MediaRef, label: float, ties: str, wh
 
 
 def read_pickapic(path: str | Path, ties: str = "drop", limit: int | None = None,
-                  resolution: int | None = None) -> PairDataset:
-    """Read Pick-a-Pic-style parquet (a file or a folder of ``*.parquet``) into a :class:`PairDataset`."""
-    import pyarrow
-    import pyarrow.parquet as pq
+                  resolution: FitArg = None) -> PairDataset:
+    """Read Pick-a-Pic-style parquet — a file, a folder of shards or a cached hub id ``org/name`` — into a
+    :class:`PairDataset` of lazy :class:`~mmalign.data.pickapic.ParquetRef` cells (no image bytes are read here).
 
+    Row groups are scanned in order and reading stops once ``limit`` pairs are kept."""
     _check_ties(ties, str(path))
-    path = Path(path)
-    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
-    if not files or not all(f.is_file() for f in files):
-        raise InputError(f"{path}: no parquet file found; give a .parquet file or a folder of them")
     pairs: list[Pair] = []
     dropped = 0
-    for f in files:
-        try:
-            table = pq.read_table(f)
-        except (pyarrow.ArrowException, OSError) as e:
-            raise InputError(f"{f}: cannot read the parquet file ({e}); it is truncated or not parquet") from e
-        missing = [c for c in PICKAPIC_COLUMNS if c not in table.column_names]
-        if missing:
-            raise InputError(f"{f}: missing columns {missing}; a Pick-a-Pic file has {list(PICKAPIC_COLUMNS)}")
-        cols = {c: table.column(c).to_pylist() for c in PICKAPIC_COLUMNS}
-        for i in range(table.num_rows):
-            where = f"{f} row {i}"
-            a, b = cols["jpg_0"][i], cols["jpg_1"][i]
-            if not isinstance(a, bytes) or not isinstance(b, bytes):
-                raise InputError(f"{where}: jpg_0/jpg_1 must hold image bytes")
-            label = _number(cols["label_0"][i], where, "label_0")
-            pair = _oriented(str(cols["caption"][i] or ""), a, b, label, ties, where)
-            if pair is None:
-                dropped += 1
-            else:
-                pairs.append(pair)
-            if limit is not None and len(pairs) >= limit:
-                break
+    for row in scan_rows(parquet_files(path)):
+        label = _number(row.label, row.where, "label_0")
+        pair = _oriented(row.caption, row.first, row.second, label, ties, row.where)
+        if pair is None:
+            dropped += 1
+        else:
+            pairs.append(pair)
         if limit is not None and len(pairs) >= limit:
             break
     return PairDataset(pairs, None, str(path), resolution, dropped_ties=dropped)
@@ -293,7 +314,7 @@ def _manifest_record(rec: Any, ties: str, where: str) -> Pair | Ranking | None:
 
 
 def read_manifest(path: str | Path, ties: str = "drop", limit: int | None = None,
-                  resolution: int | None = None) -> PairDataset | RankingDataset:
+                  resolution: FitArg = None) -> PairDataset | RankingDataset:
     """Read a JSONL manifest of pairs, rankings or samples (one kind) into a dataset; paths are relative to it.
 
     Samples become a :class:`RankingDataset` of k = 1 (mixed with rankings: an error naming the k's)."""
@@ -328,17 +349,28 @@ def read_manifest(path: str | Path, ties: str = "drop", limit: int | None = None
     return PairDataset(pairs, path.parent, str(path), resolution, dropped_ties=dropped)
 
 
+def _is_parquet_source(p: Path, given: str) -> bool:
+    """Whether ``read_preferences(format="auto")`` reads ``p`` as Pick-a-Pic parquet."""
+    if p.suffix == ".parquet" or is_hub_id(given):
+        return True
+    if not p.is_dir():
+        return False
+    if any(p.glob("*.parquet")):
+        return True
+    return not any((p / m).exists() for m in MANIFESTS) and any(p.rglob("*.parquet"))
+
+
 def read_preferences(path: str | Path, format: str = "auto", ties: str = "drop", limit: int | None = None,
-                     resolution: int | None = None) -> PairDataset | RankingDataset:
+                     resolution: FitArg = None) -> PairDataset | RankingDataset:
     """Read preference data: ``format`` ``"pickapic"`` (parquet), ``"manifest"`` (JSONL) or ``"auto"``.
 
-    ``"auto"`` picks by suffix: ``.parquet`` (or a folder of them) is Pick-a-Pic; anything else a
-    manifest; a folder written by ``mmalign pairs`` reads its ``pairs.jsonl`` (else ``rankings.jsonl``, else
-    ``samples.jsonl``).
+    ``"auto"`` picks by suffix: ``.parquet`` (or a folder of them, or one without a manifest holding them in
+    subfolders, or a hub dataset id ``org/name`` that is not a path) is Pick-a-Pic; anything else a manifest; a
+    folder written by ``mmalign pairs`` reads its ``pairs.jsonl`` (else ``rankings.jsonl``, else ``samples.jsonl``).
     """
     p = Path(path)
     if format == "auto":
-        format = "pickapic" if p.suffix == ".parquet" or (p.is_dir() and any(p.glob("*.parquet"))) else "manifest"
+        format = "pickapic" if _is_parquet_source(p, str(path)) else "manifest"
         if p.is_dir() and format == "manifest":
             p = next((p / f for f in MANIFESTS if (p / f).exists()), p / MANIFESTS[0])
     if format == "pickapic":
@@ -349,6 +381,6 @@ def read_preferences(path: str | Path, format: str = "auto", ties: str = "drop",
 
 
 __all__ = [
-    "Pair", "Ranking", "PairDataset", "RankingDataset", "MediaRef", "read_pickapic", "read_manifest",
-    "read_preferences", "fit_resolution",
+    "Pair", "Ranking", "PairDataset", "RankingDataset", "MediaRef", "ParquetRef", "PICKAPIC_COLUMNS", "read_pickapic",
+    "read_manifest", "read_preferences", "fit_resolution", "Fit",
 ]

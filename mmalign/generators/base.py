@@ -56,6 +56,12 @@ class DiffusionAdapter(ABC):
     def encode_media(self, media: Media) -> torch.Tensor:
         """Clean latents ``x0`` of ``media`` (scaled as the denoiser expects)."""
 
+    def media_conditioning(self, media: Media) -> Cond:
+        """Conditioning that comes from each media item rather than its prompt, batch first (SDXL: its
+        micro-conditioning from the item's original size and crop); none by default. The latent cache
+        stores it next to the latents and the trainer uses it in place of the prompt's."""
+        return {}
+
     def sample_timesteps(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Training timesteps, uniform over the schedule (integers for DDPM-style, floats for flow)."""
         return torch.randint(0, self.num_train_timesteps, (batch_size,), generator=generator)

@@ -51,6 +51,15 @@ class SDXLAdapter(DDPMAdapter):
         self._check_media(media)
         return self._encode_frames(media.pixels)
 
+    def media_conditioning(self, media: Media) -> Cond:
+        """``add_time_ids`` of each image: its ``original_size`` and ``crop_top_left`` as the data loader
+        recorded them (:func:`mmalign.data.pairs.fit_resolution`; else its own size and (0, 0)) and its
+        size as the target, as ``compute_time_ids`` in diffusers' ``train_diffusion_dpo_sdxl.py`` @ 58eb52c0."""
+        size = tuple(int(x) for x in media.pixels.shape[-2:])
+        meta = media.metadata or [{}] * len(media)
+        return {"add_time_ids": add_time_ids([tuple(m.get("original_size", size)) for m in meta],
+                                             [tuple(m.get("crop_top_left", (0, 0))) for m in meta], size)}
+
     def predict(self, noisy: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         c = cond_batch(cond, noisy.device, self.dtype)
         added = {"text_embeds": c["pooled_prompt_embeds"], "time_ids": c["add_time_ids"]}

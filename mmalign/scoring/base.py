@@ -5,6 +5,11 @@ scorer supports, plus one prompt per item → ``Tensor[b]``). This class does ev
 input checks, prompt broadcasting, batching, progress, ``no_grad`` unless ``differentiable=True``,
 autocast on accelerators and frame aggregation for image scorers given videos (``video.py``).
 
+Items of different sizes come as a :class:`~mmalign.media.MediaList` (or a plain list of
+batches). By default :meth:`Scorer._score_items` scores each run of equal-shaped items of a chunk
+as one batch; a scorer that brings every item to one shape itself (CLIP's resize and crop)
+overrides it to preprocess each item on its own and then batch the results.
+
 Scorers are built from cards by *family builders* registered in :data:`SCORER_FAMILIES`::
 
     @SCORER_FAMILIES.register("my_family")
@@ -25,21 +30,24 @@ from tqdm.auto import tqdm
 
 from mmalign.devices import resolve_device, resolve_dtype
 from mmalign.errors import InputError
-from mmalign.media import AudioBatch, ImageBatch, VideoBatch
+from mmalign.media import AudioBatch, ImageBatch, MediaList, VideoBatch, concat, stack_key
 from mmalign.registry import Registry
 from mmalign.scoring.card import ScorerCard
 
-Media = ImageBatch | VideoBatch | AudioBatch
+Media = ImageBatch | VideoBatch | AudioBatch | MediaList
 ScorerBuilder = Callable[..., "Scorer"]  # (card, local_files_only=None, **kw) -> Scorer
 
 #: architecture.family of a scorer card -> the function that builds its scorer
 SCORER_FAMILIES: Registry[ScorerBuilder] = Registry("scorer family")
 
 
-def as_media(media: Media | torch.Tensor) -> Media:
-    """Accept a media batch, or a raw pixel tensor ``[B,3,H,W]`` / ``[B,T,3,H,W]`` (keeps autograd)."""
-    if isinstance(media, (ImageBatch, VideoBatch, AudioBatch)):
+def as_media(media: Media | Sequence[Media] | torch.Tensor) -> Media:
+    """Accept a media batch, a MediaList, a list of batches (items of different sizes: a MediaList
+    unless they share one shape) or a raw pixel tensor ``[B,3,H,W]`` / ``[B,T,3,H,W]`` (keeps autograd)."""
+    if isinstance(media, (ImageBatch, VideoBatch, AudioBatch, MediaList)):
         return media
+    if isinstance(media, (list, tuple)) and media and all(isinstance(m, (ImageBatch, VideoBatch, AudioBatch)) for m in media):
+        return concat(media)
     if isinstance(media, torch.Tensor):
         if media.ndim == 4:
             return ImageBatch(media)
@@ -47,7 +55,8 @@ def as_media(media: Media | torch.Tensor) -> Media:
             return VideoBatch(media)
         raise InputError(f"a raw tensor must be images [B,3,H,W] or videos [B,T,3,H,W]; got shape {tuple(media.shape)} "
                          "(wrap audio in AudioBatch to give its sample rate)")
-    raise InputError(f"expected ImageBatch, VideoBatch, AudioBatch or a pixel tensor; got {type(media).__name__}")
+    raise InputError(f"expected ImageBatch, VideoBatch, AudioBatch, MediaList (or a list of batches) or a pixel tensor; "
+                     f"got {type(media).__name__}")
 
 
 def check_prompts(prompts: str | Sequence[str] | None, n: int, media: Media | None = None, needed: bool = True) -> list[str]:
@@ -96,6 +105,16 @@ class Scorer:
     def _score_batch(self, media: Media, prompts: list[str]) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement _score_batch")
 
+    def _score_items(self, items: MediaList, prompts: list[str]) -> torch.Tensor:
+        """A chunk of items that may differ in shape: each run of equal-shaped items as one :meth:`_score_batch`."""
+        groups: dict[tuple, list[int]] = {}
+        for i, item in enumerate(items.items):
+            groups.setdefault(stack_key(item), []).append(i)
+        scores = [self._score_batch(concat(items[index].items), [prompts[i] for i in index]).float().to(self.device)
+                  for index in groups.values()]
+        order = torch.tensor([i for index in groups.values() for i in index], device=self.device)
+        return torch.cat(scores)[torch.argsort(order)]
+
     def modules(self) -> list[torch.nn.Module]:
         """The torch modules to move with :meth:`to` (subclasses list theirs)."""
         return []
@@ -118,9 +137,12 @@ class Scorer:
         raise InputError(f"scorer {self.name!r} scores {'/'.join(self.modalities)}, not {media.modality}; "
                          f"choose a scorer whose card lists {media.modality!r} in modalities (see mmalign.list_scorers())")
 
-    def score(self, media: Media | torch.Tensor, prompts: str | Sequence[str] | None = None, *, batch_size: int = 32,
-              progress: bool | None = None, differentiable: bool = False) -> torch.Tensor:
+    def score(self, media: Media | Sequence[Media] | torch.Tensor, prompts: str | Sequence[str] | None = None, *,
+              batch_size: int = 32, progress: bool | None = None, differentiable: bool = False) -> torch.Tensor:
         """Score each item against its prompt → ``Tensor[B]`` (float32, on ``self.device``).
+
+        ``media`` may hold items of different sizes (a MediaList or a list of batches): each item
+        scores as it would alone.
 
         ``differentiable=True`` keeps the autograd graph so gradients reach the input pixels
         (reward-gradient methods); otherwise everything runs under ``torch.no_grad``.
@@ -141,8 +163,9 @@ class Scorer:
         grad = contextlib.nullcontext() if differentiable else torch.no_grad()
         with grad, self._autocast():
             for s in tqdm(starts, desc=f"scoring ({self.name})", disable=not show, unit="batch"):
-                chunk = media[s : s + batch_size].to(self.device)
-                out.append(self._score_batch(chunk, prompts[s : s + batch_size]).float())
+                chunk, p = media[s : s + batch_size].to(self.device), prompts[s : s + batch_size]
+                scores = self._score_items(chunk, p) if isinstance(chunk, MediaList) else self._score_batch(chunk, p)
+                out.append(scores.float())
         return torch.cat(out) if out else torch.zeros(0, device=self.device)
 
     def _autocast(self):

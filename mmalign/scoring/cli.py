@@ -77,18 +77,30 @@ def _summary(rows: list[dict]) -> str:
 
 def score_folder(scorer_name: str, media_dir: Path, prompts_file: Path | None = None, *, on_error: str = "raise",
                  batch_size: int = 32, device: str = "auto", progress: bool = True) -> tuple[list[dict], object]:
-    """Load a folder (``mmalign.media.load_folder``), score every file → rows ``{file, prompt, score, scorer}``."""
+    """Load a folder (``mmalign.media.load_folder``, items kept at their own sizes: each scorer resizes
+    every item itself), score every file → rows ``{file, prompt, score, scorer}``. Under ``accelerate launch``
+    (or ``torchrun``) each process scores a contiguous share of the files and the scores are gathered in
+    input order."""
     from mmalign.media import load_folder
     from mmalign.scoring import load_scorer
 
-    scorer = load_scorer(scorer_name, device=device)
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState(cpu=device == "cpu")  # under accelerate launch / torchrun: this process's share
+    scorer = load_scorer(scorer_name, device=str(state.device) if state.num_processes > 1 else device)
     modality = scorer.modalities[0] if len(scorer.modalities) == 1 else None
-    media, report = load_folder(media_dir, modality, on_error=on_error, progress=progress)
+    media, report = load_folder(media_dir, modality, on_error=on_error, progress=progress and state.is_main_process,
+                                ragged=True)
     files = list(report.loaded)
     every = sorted(files + [p for p, _ in report.skipped])
     prompts = prompts_for(files, every, media_dir, prompts_file)
-    scores = scorer.score(media, prompts, batch_size=batch_size, progress=progress)
-    rows = [{"file": f.name, "prompt": p, "score": float(s), "scorer": scorer.name} for f, p, s in zip(files, prompts, scores.tolist())]
+    with state.split_between_processes(list(range(len(files)))) as mine:  # contiguous, in order
+        scores = scorer.score(media[mine], [prompts[i] for i in mine], batch_size=batch_size,
+                              progress=progress and state.is_main_process).tolist() if mine else []
+    if state.num_processes > 1:
+        scores = gather_object(scores)  # rank order = input order
+    rows = [{"file": f.name, "prompt": p, "score": float(s), "scorer": scorer.name} for f, p, s in zip(files, prompts, scores)]
     return rows, report
 
 
@@ -107,8 +119,12 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet"),
     ) -> None:
         """Score a folder of media against prompts; write scores.jsonl and print mean, std, per prompt."""
+        from accelerate import PartialState
+
         rows, report = score_folder(scorer, media, prompts_file, on_error=on_error, batch_size=batch_size, device=device,
                                     progress=not quiet)
+        if not PartialState().is_main_process:
+            return  # the main process writes the gathered scores
         atomic_write_jsonl(out, rows)
         if report.skipped:
             typer.echo(str(report), err=True)
@@ -121,7 +137,7 @@ def register(app: typer.Typer) -> None:
                                   "rankings.jsonl {prompt, items, scores} (every ranked pair), its folder, or Pick-a-Pic parquet."),
         out: Path = typer.Option(..., "--out", help="Output folder (weights, config, card.yaml, report)."),
         eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Held-out preference data (same formats)."),
-        resolution: Optional[int] = typer.Option(None, "--resolution", help="Resize and centre-crop images to N×N (needed when their sizes differ)."),
+        resolution: Optional[int] = typer.Option(None, "--resolution", help="Resize and centre-crop images to N×N first (optional: images of different sizes are each preprocessed by the scorer)."),
         steps: int = typer.Option(500, "--steps"),
         batch_size: int = typer.Option(32, "--batch-size"),
         lr: float = typer.Option(1e-4, "--lr"),

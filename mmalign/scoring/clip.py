@@ -15,11 +15,20 @@ One class, :class:`ClipScorer`, holds a dual encoder (open_clip ``CLIP`` or tran
 * ``aesthetic_mlp`` — the LAION improved-aesthetic head on the **L2-normalised** image embedding
   (christophschuhmann/improved-aesthetic-predictor@6934dd8 ``simple_inference.py``); prompts
   are not used.
+
+Images decoded from files (PNG/JPEG/WebP; ``metadata["path"]``) that need no pixel gradient go
+through the reference's own PIL preprocessing where the scorer has one (``reference_preprocess``):
+transformers' ``CLIPImageProcessor`` for PickScore (its ``infer_example`` calls the processor on PIL
+images), open_clip's ``image_transform`` for centre-crop open_clip scorers (CLIP score, LAION
+aesthetic: ``create_model_and_transforms``' preprocess). Everything else — generated tensors,
+pixels that need gradients, video frames, HPS's letterbox — uses the tensor preprocessing of
+:mod:`mmalign.scoring.preprocess`. Items of different sizes are preprocessed one by one, then batched.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -28,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmalign.errors import ConfigError, InputError
-from mmalign.media import ImageBatch
+from mmalign.media import IMAGE_EXTS, ImageBatch, MediaList
 from mmalign.scoring.base import SCORER_FAMILIES, Scorer, as_media, check_prompts
 from mmalign.scoring.card import ScorerCard
 from mmalign.scoring.preprocess import ImagePreprocess
@@ -61,6 +70,31 @@ def aesthetic_score(embedding: torch.Tensor, head: nn.Module, normalize: bool = 
     return head(x).squeeze(-1)
 
 
+#: PIL images → preprocessed pixels ``[N, 3, S, S]``: a reference implementation's own image preprocessing
+PilPreprocess = Callable[[list], torch.Tensor]
+
+
+def from_image_file(media: ImageBatch, i: int) -> bool:
+    """True if item ``i`` was decoded from an image file (its pixels are that file's 8-bit RGB)."""
+    meta = media.metadata[i] if media.metadata else None
+    return isinstance(meta, dict) and Path(str(meta.get("path", ""))).suffix.lower() in IMAGE_EXTS
+
+
+def open_clip_pil_preprocess(spec: ImagePreprocess) -> PilPreprocess:
+    """open_clip's eval transform (``open_clip/transform.py::image_transform``: Resize short side, CenterCrop,
+    RGB, ToTensor, Normalize), as ``create_model_and_transforms`` returns it for a centre-crop model."""
+    import open_clip
+
+    transform = open_clip.image_transform(spec.size, is_train=False, mean=spec.mean, std=spec.std,
+                                          resize_mode="shortest", interpolation=spec.mode)
+    return lambda images: torch.stack([transform(im) for im in images])
+
+
+def hf_pil_preprocess(image_processor: Callable) -> PilPreprocess:
+    """A transformers image processor (PickScore: the ``AutoProcessor`` of ``infer_example``) on PIL images."""
+    return lambda images: image_processor(images=images, return_tensors="pt")["pixel_values"]
+
+
 def _pooled(out) -> torch.Tensor:
     """transformers ≥ 5 returns a ModelOutput whose ``pooler_output`` is the projected feature."""
     return out if isinstance(out, torch.Tensor) else out.pooler_output
@@ -70,13 +104,16 @@ class ClipScorer(Scorer):
     """A scorer on a CLIP dual encoder; see the module docstring.
 
     ``backend``: ``"open_clip"`` (``encode_image``/``encode_text``, tokenizer returns ids) or
-    ``"hf"`` (``get_image_features``/``get_text_features``, tokenizer returns a dict of tensors).
+    ``"hf"`` (``get_image_features``/``get_text_features``, tokenizer returns a mapping of tensors,
+    e.g. a ``BatchEncoding``). ``reference_preprocess``: the reference's PIL preprocessing, used for
+    images decoded from files (see the module docstring); None = tensor preprocessing only.
     """
 
     modalities = ("image", "video")  # videos by frame aggregation (video.py)
 
     def __init__(self, model: nn.Module, tokenizer: Callable, preprocess: ImagePreprocess, *, backend: str = "open_clip",
-                 formula: str = "cosine", head: nn.Module | None = None, **kw):
+                 formula: str = "cosine", head: nn.Module | None = None, reference_preprocess: PilPreprocess | None = None,
+                 **kw):
         super().__init__(**kw)
         if formula not in FORMULAS:
             raise InputError(f"unknown score formula {formula!r}; use one of {FORMULAS}")
@@ -87,6 +124,7 @@ class ClipScorer(Scorer):
         self.model = model.eval().to(self.device)
         self.head = None if head is None else head.eval().to(self.device)
         self.tokenizer, self.preprocess, self.backend, self.formula = tokenizer, preprocess, backend, formula
+        self.reference_preprocess = reference_preprocess
         self.needs_prompts = formula != "aesthetic_mlp"
 
     def modules(self) -> list[nn.Module]:
@@ -106,7 +144,7 @@ class ClipScorer(Scorer):
         if self.backend == "open_clip":
             feats = self.model.encode_text(tokens.to(self.device))
         else:
-            tokens = tokens if isinstance(tokens, dict) else {"input_ids": tokens}
+            tokens = tokens if isinstance(tokens, Mapping) else {"input_ids": tokens}
             feats = _pooled(self.model.get_text_features(**{k: v.to(self.device) for k, v in tokens.items()}))
         index = torch.tensor([unique.index(p) for p in prompts], device=feats.device)
         return feats[index]
@@ -116,8 +154,29 @@ class ClipScorer(Scorer):
         return self.model.logit_scale.exp()
 
     # -- scoring ---------------------------------------------------------------------------------
+    def prepare(self, media: ImageBatch) -> torch.Tensor:
+        """Preprocessed pixels ``[B,3,S,S]``: file images without gradients through ``reference_preprocess``,
+        the rest through the tensor preprocessing."""
+        pil = [] if self.reference_preprocess is None or media.pixels.requires_grad else \
+            [i for i in range(len(media)) if from_image_file(media, i)]
+        if not pil:
+            return self.preprocess(media.pixels)
+        rest = [i for i in range(len(media)) if i not in pil]
+        parts = [self.reference_preprocess(media[pil].to_pil()).to(media.pixels.device, media.pixels.dtype)]
+        if rest:
+            parts.append(self.preprocess(media.pixels[rest]))
+        order = torch.tensor(pil + rest, device=media.pixels.device)
+        return torch.cat(parts)[torch.argsort(order)]
+
+    def _score_items(self, items: MediaList, prompts: list[str]) -> torch.Tensor:
+        """Each item preprocessed on its own (its own size), then one batch through the model."""
+        return self._score_pixels(torch.cat([self.prepare(item) for item in items.items]), prompts)
+
     def _score_batch(self, media: ImageBatch, prompts: list[str]) -> torch.Tensor:
-        img = self.image_features(self.preprocess(media.pixels))
+        return self._score_pixels(self.prepare(media), prompts)
+
+    def _score_pixels(self, pixels: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        img = self.image_features(pixels)
         if self.formula == "aesthetic_mlp":
             return aesthetic_score(img, self.head)
         cos = (F.normalize(img.float(), dim=-1) * F.normalize(self.text_features(prompts).float(), dim=-1)).sum(-1)
@@ -201,13 +260,41 @@ def build_open_clip(card: ScorerCard, local_files_only: bool | None = None, **kw
                 raise InputError(f"scorer {card.name!r}: checkpoint {path} does not fit {arch.model}: {str(exc)[:300]}") from exc
     tokenizer = (word_tokenizer_beside(Path(path) if path else None, card.name) if arch.tokenizer == "word"
                  else open_clip.get_tokenizer(arch.model if arch.tokenizer == "open_clip" else arch.tokenizer))
-    return ClipScorer(model, tokenizer, _image_preprocess(card), backend="open_clip",
-                      formula=card.score.formula, head=_load_head(card, local_files_only), card=card, **kw)
+    preprocess = _image_preprocess(card)
+    reference = open_clip_pil_preprocess(preprocess) if preprocess.kind == "center_crop" else None
+    return ClipScorer(model, tokenizer, preprocess, backend="open_clip", formula=card.score.formula,
+                      head=_load_head(card, local_files_only), reference_preprocess=reference, card=card, **kw)
+
+
+_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")  # what transformers' processors save
+
+
+def _hf_image_processor(card: ScorerCard, path: Path | None, offline: bool) -> Callable:
+    """The card's ``architecture.processor`` (a hub id or folder, loaded as PickScore's ``AutoProcessor``),
+    else the checkpoint folder's processor config, else a ``CLIPImageProcessor`` built from
+    ``preprocessing`` (short side to ``size``, centre crop, the card's mean and std)."""
+    from transformers import AutoProcessor, CLIPImageProcessor
+
+    source = card.architecture.processor
+    if source is None and path is not None and any((Path(path) / f).exists() for f in _PROCESSOR_FILES):
+        source = str(path)
+    if source is None:
+        spec = _image_preprocess(card)
+        resample = {"bicubic": 3, "bilinear": 2}[spec.mode]  # PIL.Image.Resampling values
+        return CLIPImageProcessor(size={"shortest_edge": spec.size}, crop_size={"height": spec.size, "width": spec.size},
+                                  image_mean=list(spec.mean), image_std=list(spec.std), resample=resample)
+    try:
+        processor = AutoProcessor.from_pretrained(source, local_files_only=offline)
+    except OSError as exc:
+        raise InputError(f"scorer {card.name!r}: image processor {source!r} not available "
+                         f"({'offline' if offline else 'download failed'}); download it once online: {exc}") from exc
+    return getattr(processor, "image_processor", processor)
 
 
 @SCORER_FAMILIES.register("hf_clip")
 def build_hf_clip(card: ScorerCard, local_files_only: bool | None = None, **kw) -> ClipScorer:
-    """PickScore (transformers ``CLIPModel``; the processor's tokenizer, tensor image preprocessing)."""
+    """PickScore (transformers ``CLIPModel``; the processor's tokenizer; the processor's PIL preprocessing
+    for image files, tensor preprocessing otherwise)."""
     from transformers import AutoTokenizer, CLIPConfig, CLIPModel
 
     arch = card.architecture
@@ -233,5 +320,6 @@ def build_hf_clip(card: ScorerCard, local_files_only: bool | None = None, **kw) 
 
         def tokenizer(texts):
             return hf_tok(list(texts), padding=True, truncation=True, max_length=77, return_tensors="pt")
-    return ClipScorer(model, tokenizer, _image_preprocess(card), backend="hf",
-                      formula=card.score.formula, head=_load_head(card, local_files_only), card=card, **kw)
+    reference = hf_pil_preprocess(_hf_image_processor(card, path, offline))
+    return ClipScorer(model, tokenizer, _image_preprocess(card), backend="hf", formula=card.score.formula,
+                      head=_load_head(card, local_files_only), reference_preprocess=reference, card=card, **kw)

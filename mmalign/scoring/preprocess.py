@@ -7,7 +7,8 @@
   ``size`` upstream does nothing at all (a non-square image then crashes the ViT); we still pad.
 * :func:`center_crop` — OpenAI ``clip.load`` / HF CLIPImageProcessor style: resize the short side
   to ``size`` (bicubic), centre crop. Upstream runs this on PIL images; on tensors the values
-  differ slightly (tensor ports such as imscore report 0.2–0.4% mean relative error).
+  differ slightly (tensor ports such as imscore report 0.2–0.4% mean relative error), so images
+  decoded from files take the reference's own PIL path instead (``ClipScorer.reference_preprocess``).
 
 Inputs are ``[B, 3, H, W]`` floats in [0, 1] (ToTensor already applied). Torchvision ≥ 0.17
 semantics: the tensor resize uses ``antialias=True`` unless the card says otherwise (on ≤ 0.16 the

@@ -26,6 +26,7 @@ import torch
 from mmalign.data.pairs import RankingDataset, read_preferences
 from mmalign.errors import CheckpointError, InputError
 from mmalign.fileio import atomic_write, atomic_write_json, atomic_write_text
+from mmalign.media import concat
 from mmalign.paths import asset_path
 from mmalign.rng import owned_rng
 from mmalign.scoring.base import Media, Scorer
@@ -59,19 +60,19 @@ class PairSet:
     @classmethod
     def cat(cls, sets: Sequence["PairSet"]) -> "PairSet":
         """One PairSet holding the pairs of ``sets`` in order."""
-        return cls(type(sets[0].a).cat([s.a for s in sets]), type(sets[0].b).cat([s.b for s in sets]),
+        return cls(concat([s.a for s in sets]), concat([s.b for s in sets]),
                    [p for s in sets for p in s.prompts], torch.cat([s.labels for s in sets]))
 
 
 def _stack(items: list[Media], where: str, what: str) -> Media:
-    """One batch of one-item batches; an InputError naming the first item whose type or shape differs."""
+    """One batch of one-item batches, or a MediaList where their sizes differ (each item is then
+    preprocessed on its own by the scorer); an InputError naming the first item of another modality."""
     first = items[0]
     for i, m in enumerate(items):
-        if type(m) is not type(first) or m.data.shape[1:] != first.data.shape[1:]:
-            raise InputError(f"{where}: {what} of pair {i} is {m.modality} {tuple(m.data.shape[1:])}, of pair 0 "
-                             f"{first.modality} {tuple(first.data.shape[1:])}; all media must share one shape "
-                             "(for images and videos pass a resolution: --resolution N)")
-    return type(first).cat(items)
+        if m.modality != first.modality:
+            raise InputError(f"{where}: {what} of pair {i} is {m.modality}, of pair 0 {first.modality}; "
+                             "all media must be of one modality")
+    return concat(items)
 
 
 def read_pair_set(path: str | Path, *, resolution: int | None = None) -> PairSet:
@@ -79,8 +80,9 @@ def read_pair_set(path: str | Path, *, resolution: int | None = None) -> PairSet
 
     ``path`` is anything :func:`mmalign.data.pairs.read_preferences` reads: a pairs JSONL
     ``{prompt, chosen, rejected, label}``, a rankings JSONL ``{prompt, items, scores}`` (every ranked
-    pair; higher score = better) or Pick-a-Pic parquet. Media are decoded into memory; they must share
-    one shape, or ``resolution`` resizes and centre-crops images and videos to a square of that side.
+    pair; higher score = better) or Pick-a-Pic parquet. Media are decoded into memory; items of
+    different sizes make a :class:`~mmalign.media.MediaList` (``resolution`` resizes and centre-crops
+    images and videos to a square of that side instead).
     """
     data = read_preferences(path, ties="keep", resolution=resolution)
     if isinstance(data, RankingDataset):
@@ -103,7 +105,7 @@ def _logit_scale(scorer: Scorer) -> torch.nn.Parameter | None:
 
 def pair_logits(scorer: Scorer, a: Media, b: Media, prompts: list[str]) -> torch.Tensor:
     """``[N, 2]`` logits exp(logit_scale)·cos for (a, b) — or the scorer's own scaled score."""
-    both = type(a).cat([a, b])
+    both = concat([a, b])
     s = scorer.score(both, prompts + prompts, batch_size=len(both), differentiable=True, progress=False)
     scale = _logit_scale(scorer)
     if getattr(scorer, "formula", "cosine") in ("cosine",) and scale is not None:
