@@ -6,8 +6,10 @@
 For each size, Pick-a-Pic-format parquet shards (``jpg_0, jpg_1, label_0, caption``; small JPEGs drawn on
 the fly, one row group per 1,000 rows, ~12% ties as in Pick-a-Pic) are written, then a fresh process runs
 ``mmalign.train`` with ``recipes/sdxl-diffusion-dpo.yaml`` on a tiny SDXL pipeline saved with diffusers'
-own classes: read the shards, build the latent and text cache, 20 LoRA DPO steps. Each child reports its
-peak resident memory (``ru_maxrss``) and the steps/s of its last 15 steps; the script prints both and the ratios
+own classes: read the shards, build the latent and text cache, 200 LoRA DPO steps. Each child reports its
+peak resident memory (``ru_maxrss``) and the steps/s of its last 180 steps. Two rounds, the sizes in both orders
+(the first builds each cache, the second reads it), so a slow moment of the machine does not land on one size;
+the script prints the peak memory (the larger) and the mean steps/s of each size, and the ratios
 of the largest size to the smallest (goal: memory ≤ 1.15×, steps/s within 10%) and writes ``--out``.
 """
 
@@ -26,8 +28,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROWS_PER_GROUP = 1000
-STEPS = 20
-WARMUP = 5  # steps left out of steps/s (allocator and kernel warm-up)
+STEPS = 200  # the issue asks for 20; at ~0.1 s a step on 2 cores, rates over 15 or 50 steps varied up to 2× run to run
+WARMUP = 20  # steps left out of steps/s (allocator and kernel warm-up)
 
 
 def write_shards(folder: Path, pairs: int, seed: int = 0) -> Path:
@@ -90,23 +92,29 @@ def main() -> None:
     model = args.work / "tiny-sdxl"
     if not (model / "model_index.json").exists():
         save_tiny("sdxl", model)
-    results = {}
-    for n in args.sizes:
-        data = args.work / f"pickapic-{n}"
-        if not data.exists():
-            write_shards(data, n)
-        work = args.work / f"run-{n}"
-        if work.exists():
-            import shutil
+    import shutil
 
-            shutil.rmtree(work)
-        proc = subprocess.run([sys.executable, __file__, "--child", str(data), str(model), str(work)],
-                              capture_output=True, text=True)
-        if proc.returncode:
-            sys.exit(f"{n} pairs failed:\n{proc.stderr[-3000:]}")
-        results[n] = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"{n:>6} pairs: peak RSS {results[n]['peak_rss_mib']:.0f} MiB, {results[n]['steps_per_s']:.2f} steps/s, "
-              f"{results[n]['wall_s']:.0f} s in all")
+    runs: dict[int, list[dict]] = {n: [] for n in args.sizes}
+    for order in (args.sizes, args.sizes[::-1]):  # two rounds, sizes in both orders: the second reads the cache
+        for n in order:
+            data = args.work / f"pickapic-{n}"
+            if not data.exists():
+                write_shards(data, n)
+            work = args.work / f"run-{n}"
+            if not runs[n] and work.exists():
+                shutil.rmtree(work)  # round one builds the cache
+            shutil.rmtree(work / "run", ignore_errors=True)
+            proc = subprocess.run([sys.executable, __file__, "--child", str(data), str(model), str(work)],
+                                  capture_output=True, text=True)
+            if proc.returncode:
+                sys.exit(f"{n} pairs failed:\n{proc.stderr[-3000:]}")
+            runs[n].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    results = {n: {"peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
+                   "steps_per_s": sum(r["steps_per_s"] for r in rs) / len(rs), "runs": rs} for n, rs in runs.items()}
+    for n, r in results.items():
+        each = ", ".join(f"{x['steps_per_s']:.2f}" for x in r["runs"])
+        print(f"{n:>6} pairs: peak RSS {r['peak_rss_mib']:.0f} MiB (cache build included), {r['steps_per_s']:.2f} steps/s "
+              f"(mean of runs: {each})")
     lo, hi = min(args.sizes), max(args.sizes)
     ratios = {"peak_rss": results[hi]["peak_rss_mib"] / results[lo]["peak_rss_mib"],
               "steps_per_s": results[hi]["steps_per_s"] / results[lo]["steps_per_s"]}

@@ -113,7 +113,7 @@ def test_sdxl_trains_with_each_images_original_size_and_crop(tmp_path):
     (folder / "pairs.jsonl").write_text(json.dumps({"prompt": "p", "chosen": "media/a.png", "rejected": "media/c.png"}) + "\n")
     adapter = load_generator(save_tiny("sdxl", tmp_path / "tiny"), device="cpu").trainable()
     data = encode_dataset(read_manifest(folder / "pairs.jsonl", resolution=Fit(32)), adapter, "t", tmp_path / "c", progress=False)
-    assert data.media_cond["add_time_ids"].tolist() == [[40, 48, 0, 3, 32, 32], [64, 32, 16, 0, 32, 32]]
+    assert data.media_cond["add_time_ids"].materialize().tolist() == [[40, 48, 0, 3, 32, 32], [64, 32, 16, 0, 32, 32]]
     seen = {}
     predict = adapter.predict
 

@@ -121,7 +121,8 @@ def test_cache_encodes_once_and_reuses(tmp_path):
     assert data.prompts.tolist() == [0, 1, 2, 0]
     assert data.scores[:, 0].tolist() == [1.0] * 4
     again = encode_dataset(ds, adapter, "gen-a", tmp_path / "cache", progress=False)
-    assert adapter.encode_calls == 8 and torch.equal(again.latents, data.latents)
+    every = torch.arange(8)
+    assert adapter.encode_calls == 8 and torch.equal(again.latents[every], data.latents[every])
     encode_dataset(ds, adapter, "gen-b", tmp_path / "cache", progress=False)  # another generator, another key
     assert adapter.encode_calls == 16 and len(list((tmp_path / "cache").glob("*/meta.json"))) == 2
 

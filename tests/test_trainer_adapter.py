@@ -79,7 +79,7 @@ class TinyAdapter(DiffusionAdapter):
         return noise
 
     def predict(self, noisy, t, cond):
-        return self.unet(noisy, t, encoder_hidden_states=cond["prompt_embeds"].to(noisy)).sample
+        return self.denoise(noisy, t, encoder_hidden_states=cond["prompt_embeds"].to(noisy)).sample
 
 
 def write_pairs(folder: Path, n: int = 8, size: int = 16, tie_every: int = 0) -> Path:

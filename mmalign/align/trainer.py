@@ -25,10 +25,11 @@ by (seed, step, micro-step), the data order from one seeded by (seed, epoch), th
 dropout from the global RNG forked and seeded for the purpose (:func:`mmalign.rng.owned_rng`).
 So a run does not depend on what ran before it (a cache build, an evaluation) and leaves the
 caller's RNG as it was, and a run killed and resumed ends with the same weights as an uninterrupted one.
-Under ``accelerate launch`` the draws are made for a step's global batch and each process keeps its
-share of records, and gradients are averaged over processes, so N processes with ``batch_size`` B
-train as one process with N·B (LoRA dropout aside); each process encodes only its shards of the
-latent cache (:func:`mmalign.data.cache.encode_dataset`).
+Under ``accelerate launch`` the denoiser runs under ``accelerator.prepare`` (DDP, which averages the
+gradients in backward; no sync on the micro-steps before the last), the draws are made for a step's
+global batch and each process keeps its share of records, so N processes with ``batch_size`` B train
+as one process with N·B (LoRA dropout aside); each process encodes only its shards of the latent
+cache (:func:`mmalign.data.cache.encode_dataset`).
 """
 
 from __future__ import annotations
@@ -450,6 +451,8 @@ class Trainer:
         self.params = {n: p for n, p in denoiser.named_parameters() if p.requires_grad}
         for p in self.params.values():  # trainable parameters in fp32 (diffusers cast_training_params)
             p.data = p.data.float()
+        if self.world > 1:  # DDP (or the accelerate config's FSDP / DeepSpeed): gradients averaged in backward
+            self.adapter.forward_module = self.accelerator.prepare_model(denoiser)
         lr = r.lr * (r.batch_size * r.grad_accum * self.world if r.scale_lr else 1)
         from diffusers.optimization import get_scheduler
 
@@ -495,7 +498,9 @@ class Trainer:
             st.position += r.batch_size * self.world
             gen = step_generator(r.seed, st.step, micro, 0)  # every process draws the global batch's noise
             # dropout (LoRA or the denoiser's) draws from the global RNG: seed it per micro-step, apart from gen
-            with owned_rng(_dropout_seed(gen), self.device):
+            sync = micro == r.grad_accum - 1 or self.adapter.forward_module is None
+            with owned_rng(_dropout_seed(gen), self.device), \
+                    (contextlib.nullcontext() if sync else self.accelerator.no_sync(self.adapter.forward_module)):
                 loss, metrics = compute_loss(r, self.adapter, self.data, index, gen, self.device, self.reference,
                                              self.accelerator.autocast, part=(self.rank, self.world))
                 if not torch.isfinite(loss):
@@ -506,10 +511,6 @@ class Trainer:
                 self.accelerator.backward(loss / r.grad_accum)
             parts.append(metrics)
         params = list(self.params.values())
-        if self.world > 1:
-            for p in params:
-                if p.grad is not None:
-                    torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.AVG)
         if r.max_grad_norm is not None:
             grad_norm = float(self.accelerator.clip_grad_norm_(params, r.max_grad_norm))
         else:

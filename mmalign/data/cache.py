@@ -16,7 +16,8 @@ unique media item and each unique prompt is encoded once with the adapter's ``en
 Each shard is written atomically as soon as it is encoded, so a killed build resumes without
 re-encoding finished shards; each shard is encoded under its own fixed seed (a VAE that samples its
 posterior draws the same noise whether the build ran once or was resumed). At train time the shards
-are memory-mapped (safetensors), so resident memory holds the rows a step touches, not the dataset.
+are read row by row as a step needs them (:class:`FileRows`), so resident memory holds a step's rows,
+not the dataset.
 The key covers the data (prompts, media identities, labels, resolution), the adapter class, a
 fingerprint of the encoders' weights and configs (:func:`encoder_fingerprint`) and the shard size,
 so a retrained VAE or text encoder never reuses old latents. After that the trainer releases the
@@ -28,13 +29,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from mmalign.data.pairs import PairDataset, RankingDataset
@@ -56,10 +59,11 @@ MAX_LISTED_FAILURES = 50
 
 
 class RowShards:
-    """Rows of one tensor kept in shards of ``shard_size`` rows (the last may be shorter), e.g. memory-mapped
-    files. Indexing with a tensor of row indices gathers those rows into one tensor, as ``tensor[index]``."""
+    """Rows of one tensor kept in shards of ``shard_size`` rows (the last may be shorter): tensors or
+    :class:`FileRows`. Indexing with a tensor of row indices gathers those rows into one tensor, as
+    ``tensor[index]`` does."""
 
-    def __init__(self, shards: Sequence[torch.Tensor]) -> None:
+    def __init__(self, shards: Sequence["torch.Tensor | FileRows"]) -> None:
         if not shards:
             raise InputError("RowShards needs at least one shard")
         self.shards = list(shards)
@@ -90,7 +94,7 @@ class RowShards:
 
     def materialize(self) -> torch.Tensor:
         """All rows as one in-memory tensor (small data, tests)."""
-        return torch.cat(self.shards)
+        return torch.cat([_full(s) for s in self.shards])
 
 
 Rows = torch.Tensor | RowShards
@@ -205,20 +209,75 @@ def _encode_prompt_rows(adapter: DiffusionAdapter, prompts: Sequence[str], batch
     return {k: torch.cat(v) for k, v in parts.items()}, {}
 
 
-Encoded = tuple[dict[str, torch.Tensor], dict[str, str]]  # a shard's tensors and its metadata
+Encoded = tuple[dict[str, Any], dict[str, str]]  # a shard's tensors (or FileRows) and its metadata
+
+
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+class FileRows:
+    """Rows of one tensor in a safetensors file, read on demand with ``pread``: nothing of the file stays
+    resident. (A memory map does not do here: a step gathers scattered rows, and each page fault maps a
+    large neighbourhood of the file; at 16k pairs most of the cache was resident after 20 steps.)"""
+
+    def __init__(self, path: str | Path, offset: int, shape: Sequence[int], dtype: torch.dtype) -> None:
+        self.path, self.offset, self.shape, self.dtype = str(path), offset, torch.Size(shape), dtype
+        self.row_bytes = dtype.itemsize * math.prod(self.shape[1:])
+        self._fd: int | None = None
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    def _read(self, start: int, nbytes: int) -> bytes:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        data = os.pread(self._fd, nbytes, self.offset + start)
+        if len(data) != nbytes:
+            raise InputError(f"{self.path}: cache shard is truncated; delete its cache folder and encode again")
+        return data
+
+    def _tensor(self, data: bytes | bytearray, rows: int) -> torch.Tensor:
+        if not data:
+            return torch.empty((rows, *self.shape[1:]), dtype=self.dtype)
+        return torch.frombuffer(bytearray(data), dtype=self.dtype).view(rows, *self.shape[1:])
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
+        flat = torch.as_tensor(index, dtype=torch.long).reshape(-1).tolist()
+        data = b"".join(self._read(i * self.row_bytes, self.row_bytes) for i in flat)
+        return self._tensor(data, len(flat))
+
+    def read_all(self) -> torch.Tensor:
+        return self._tensor(self._read(0, self.row_bytes * len(self)), len(self))
+
+    def __del__(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+
+
+def read_safetensors_lazily(path: str | Path) -> tuple[dict[str, FileRows], dict[str, str]]:
+    """Every tensor of a safetensors file as :class:`FileRows` (read on demand), and the file's metadata."""
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(n))
+    meta = header.pop("__metadata__", None) or {}
+    return {name: FileRows(path, 8 + n + info["data_offsets"][0], info["shape"], _DTYPES[info["dtype"]])
+            for name, info in header.items()}, meta
+
+
+def _full(x: torch.Tensor | FileRows) -> torch.Tensor:
+    return x.read_all() if isinstance(x, FileRows) else x
 
 
 def _read_shard(path: Path) -> Encoded:
-    """A shard file, memory-mapped, with its metadata."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    return load_file(str(path)), meta
+    """A shard file, read on demand (:func:`read_safetensors_lazily`), with its metadata."""
+    return read_safetensors_lazily(path)
 
 
 def _shards(folder: Path | None, prefix: str, n: int, shard_size: int, device: torch.device | None,
             encode: Callable[[int, int], Encoded], part: tuple[int, int] = (0, 1)) -> list[Encoded]:
-    """Encode rows ``[0, n)`` in shards; with ``folder``, each shard is written atomically and memory-mapped
-    back, and shards already on disk (a resumed build) are opened instead of encoded. With ``part =
+    """Encode rows ``[0, n)`` in shards; with ``folder``, each shard is written atomically and opened
+    back (read on demand), and shards already on disk (a resumed build) are opened instead of encoded. With ``part =
     (rank, world)`` and a folder, this process encodes only shards ``i ≡ rank (mod world)`` (returning those)."""
     out = []
     for i, start in enumerate(range(0, n, shard_size)):
@@ -233,22 +292,22 @@ def _shards(folder: Path | None, prefix: str, n: int, shard_size: int, device: t
         if path is not None:
             meta = {**meta, "rank": str(part[0])}  # which process encoded it
             atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
-            tensors = load_file(str(path))  # memory-mapped: the encoded copy is freed
+            tensors = _read_shard(path)[0]  # read on demand: the encoded copy is freed
         out.append((tensors, meta))
     return out
 
 
-def _rows(shards: list[dict[str, torch.Tensor]], name: str) -> Rows:
+def _rows(shards: list[dict[str, Any]], name: str) -> Rows:
     parts = [s[name] for s in shards]
-    return parts[0] if len(parts) == 1 else RowShards(parts)
+    return parts[0] if len(parts) == 1 and isinstance(parts[0], torch.Tensor) else RowShards(parts)
 
 
 def _open(folder: Path, kind: str) -> EncodedData:
-    """A complete cache folder, memory-mapped."""
+    """A complete cache folder, its shards read on demand."""
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    media = [load_file(str(folder / f"media-{i:05d}.safetensors")) for i in range(meta["media_shards"])]
-    prompts = [load_file(str(folder / f"prompts-{i:05d}.safetensors")) for i in range(meta["prompt_shards"])]
-    index = load_file(str(folder / "index.safetensors"))
+    media = [_read_shard(folder / f"media-{i:05d}.safetensors")[0] for i in range(meta["media_shards"])]
+    prompts = [_read_shard(folder / f"prompts-{i:05d}.safetensors")[0] for i in range(meta["prompt_shards"])]
+    index = {k: v.read_all() for k, v in read_safetensors_lazily(folder / "index.safetensors")[0].items()}
     return _encoded(kind, media, prompts, index, folder, meta["skipped_records"])
 
 
@@ -325,7 +384,7 @@ def encode_dataset(
         media_shards = [_read_shard(p) for p in sorted(folder.glob("media-*.safetensors"))]
 
     failures = [tuple(f) for _, meta in media_shards for f in json.loads(meta.get("failures", "[]"))]
-    ok = torch.cat([t["ok"] for t, _ in media_shards]).bool()
+    ok = torch.cat([_full(t["ok"]) for t, _ in media_shards]).bool()
     item_t = torch.tensor(items, dtype=torch.long)
     keep = ok[item_t].all(1)
     index = {"items": item_t[keep].contiguous(),

@@ -27,7 +27,7 @@ class AnimateDiffAdapter(SDAdapter):
         """``noisy`` is ``[B, C, T, h, w]``; the text embeddings are repeated per frame as AnimateDiffPipeline does."""
         c = cond_batch(cond, noisy.device, self.dtype)
         embeds = c["prompt_embeds"].repeat_interleave(noisy.shape[2], dim=0)
-        return self.denoiser(noisy.to(self.dtype), t.to(noisy.device), encoder_hidden_states=embeds).sample
+        return self.denoise(noisy.to(self.dtype), t.to(noisy.device), encoder_hidden_states=embeds).sample
 
 
 class AnimateDiffGenerator(DiffusersGenerator, family="animatediff", modality="video"):

@@ -25,7 +25,7 @@ class AnimateDiffSDXLAdapter(SDXLAdapter):
         c = cond_batch(cond, noisy.device, self.dtype)
         embeds = c["prompt_embeds"].repeat_interleave(noisy.shape[2], dim=0)
         added = {"text_embeds": c["pooled_prompt_embeds"], "time_ids": c["add_time_ids"]}
-        return self.denoiser(noisy.to(self.dtype), t.to(noisy.device), encoder_hidden_states=embeds,
+        return self.denoise(noisy.to(self.dtype), t.to(noisy.device), encoder_hidden_states=embeds,
                              added_cond_kwargs=added).sample
 
 

@@ -37,6 +37,13 @@ class DiffusionAdapter(ABC):
     prediction_type: str
     #: number of training timesteps (DDPM-style) or 1000 for flow models (t in [0, 1000))
     num_train_timesteps: int = 1000
+    #: what :meth:`denoise` calls instead of :attr:`denoiser` when set: the trainer's distributed wrapper of it
+    #: (``accelerator.prepare``: DDP averages the gradients in backward)
+    forward_module: torch.nn.Module | None = None
+
+    def denoise(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the denoiser (through :attr:`forward_module` when the trainer set one); :meth:`predict` calls this."""
+        return (self.forward_module or self.denoiser)(*args, **kwargs)
 
     @property
     @abstractmethod

@@ -24,7 +24,7 @@ class SDAdapter(DDPMAdapter):
 
     def predict(self, noisy: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         c = cond_batch(cond, noisy.device, self.dtype)
-        return self.denoiser(noisy.to(self.dtype), t.to(noisy.device), encoder_hidden_states=c["prompt_embeds"]).sample
+        return self.denoise(noisy.to(self.dtype), t.to(noisy.device), encoder_hidden_states=c["prompt_embeds"]).sample
 
 
 class SDGenerator(DiffusersGenerator, family="sd", modality="image"):

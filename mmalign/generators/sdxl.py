@@ -63,7 +63,7 @@ class SDXLAdapter(DDPMAdapter):
     def predict(self, noisy: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         c = cond_batch(cond, noisy.device, self.dtype)
         added = {"text_embeds": c["pooled_prompt_embeds"], "time_ids": c["add_time_ids"]}
-        return self.denoiser(noisy.to(self.dtype), t.to(noisy.device), encoder_hidden_states=c["prompt_embeds"],
+        return self.denoise(noisy.to(self.dtype), t.to(noisy.device), encoder_hidden_states=c["prompt_embeds"],
                              added_cond_kwargs=added).sample
 
 

@@ -103,7 +103,7 @@ class StableAudioAdapter(LatentAdapter):
         c_noise = self.scheduler.precondition_noise(sigma).to(self.dtype)
         rotary = get_1d_rotary_pos_embed(self.pipe.rotary_embed_dim, noisy.shape[2] + c["global_embeds"].shape[1],
                                          use_real=True, repeat_interleave_real=False)
-        return self.denoiser(x_in, c_noise, encoder_hidden_states=c["prompt_embeds"],
+        return self.denoise(x_in, c_noise, encoder_hidden_states=c["prompt_embeds"],
                              global_hidden_states=c["global_embeds"], rotary_embedding=rotary).sample
 
 

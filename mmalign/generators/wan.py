@@ -42,7 +42,7 @@ class WanAdapter(FlowAdapter):
     def predict(self, noisy: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         c = cond_batch(cond, noisy.device, self.dtype)
         t = t.to(noisy.device, self.dtype).expand(noisy.shape[0])
-        return self.denoiser(hidden_states=noisy.to(self.dtype), timestep=t,
+        return self.denoise(hidden_states=noisy.to(self.dtype), timestep=t,
                              encoder_hidden_states=c["prompt_embeds"]).sample
 
 
