@@ -22,6 +22,17 @@ from mmalign.errors import ConfigError
 Attention = Literal["sdpa", "math", "flash", "efficient", "cudnn", "xformers"]
 
 
+def check_recipe_kind(data: Any, expected: str) -> Any:
+    """A training recipe has ``data``, a SELMA recipe ``skills``: one given to the other command is a ConfigError
+    naming the right command (``expected``: ``"train"`` or ``"selma"``); ``data`` is returned unchanged."""
+    if isinstance(data, dict):
+        kind = "selma" if "skills" in data else "train" if "data" in data else expected
+        if kind != expected:
+            what = "a SELMA recipe (it has 'skills')" if kind == "selma" else "a training recipe (it has 'data' and no 'skills')"
+            raise ConfigError(f"this is {what}; run it with `mmalign {kind}`, not `mmalign {expected}`")
+    return data
+
+
 class DataConfig(Card):
     path: str = Field(description="Preference data: a Pick-a-Pic parquet file or folder of shards, a datasets hub id (e.g. yuvalkirstain/pickapic_v2, from the local cache), or a JSONL manifest of pairs, rankings or samples (from `mmalign pairs`)")
     format: Literal["auto", "pickapic", "manifest"] = Field("auto", description="Reader: by file suffix, Pick-a-Pic parquet, or JSONL manifest")
@@ -110,10 +121,8 @@ class Recipe(Card):
 
     @model_validator(mode="before")
     @classmethod
-    def _not_selma(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "skills" in data:
-            raise ConfigError("this is a SELMA recipe (it has 'skills'); run it with `mmalign selma`, not `mmalign train`")
-        return data
+    def _kind(cls, data: Any) -> Any:
+        return check_recipe_kind(data, "train")
 
     @field_validator("mixed_precision", mode="before")
     @classmethod

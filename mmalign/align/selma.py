@@ -37,9 +37,9 @@ from typing import Any, Literal, Sequence
 from pydantic import Field, model_validator
 from rich.console import Console
 
-from mmalign.align.config import Recipe, load_recipe
+from mmalign.align.config import Recipe, check_recipe_kind, load_recipe
 from mmalign.align.merge import METHODS
-from mmalign.cards import Card, load_card, validate
+from mmalign.cards import Card, apply_overrides, load_card, validate
 from mmalign.errors import ConfigError, InputError
 from mmalign.fileio import atomic_write_json, atomic_write_jsonl
 
@@ -105,10 +105,8 @@ class SelmaRecipe(Card):
 
     @model_validator(mode="before")
     @classmethod
-    def _not_training(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "data" in data and "skills" not in data:
-            raise ConfigError("this is a training recipe (it has 'data' and no 'skills'); run it with `mmalign train`")
-        return data
+    def _kind(cls, data: Any) -> Any:
+        return check_recipe_kind(data, "selma")
 
     @model_validator(mode="after")
     def _check(self) -> "SelmaRecipe":
@@ -143,8 +141,6 @@ class SelmaRecipe(Card):
 
 def load_selma_recipe(recipe: str | Path | dict[str, Any] | SelmaRecipe, overrides: Sequence[str] = ()) -> SelmaRecipe:
     """Validate a SELMA recipe (file, shipped name, mapping or :class:`SelmaRecipe`) with ``--set`` overrides."""
-    from mmalign.cards import apply_overrides
-
     if isinstance(recipe, (SelmaRecipe, dict)):
         raw = recipe.model_dump(mode="json") if isinstance(recipe, SelmaRecipe) else recipe
         return validate(apply_overrides(raw, overrides, SelmaRecipe, where="recipe"), SelmaRecipe, where="recipe")
@@ -325,7 +321,7 @@ def run_selma(recipe: str | Path | dict[str, Any] | SelmaRecipe, overrides: Sequ
     for s in skills:
         recipe_s = r.expert_recipe(folders[s] / "samples.jsonl", out / "experts" / s)
         experts[s] = train_lora(recipe_s, console)
-    steps = r.joint_steps or sum(r.expert_recipe("-", "-").max_steps for _ in skills)
+    steps = r.joint_steps or len(skills) * r.expert_recipe("-", "-").max_steps
     lap("experts_s")
 
     console.print(f"3/5 joint LoRA on the union of the skills' data, {steps} steps (the experts' total)")
