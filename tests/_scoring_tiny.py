@@ -50,14 +50,19 @@ def tiny_clap(words: list[str], seed: int = 0):
 
 
 # -- model folders saved by the reference libraries' own classes, and cards that load them ---------------
+def byte_chars() -> list[str]:
+    """GPT-2's ``bytes_to_unicode``: the printable character that stands for each byte in byte-level BPE."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
+
+
 def tiny_clip_tokenizer():
     """A real transformers ``CLIPTokenizer`` over a byte-level vocabulary (every byte, alone and word-final,
     plus the merges of "red") — CLIP's BPE layout without its 49,408-token vocabulary."""
     from transformers import CLIPTokenizer
 
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    extra = iter(range(256, 512))
-    chars = [chr(b) if b in printable else chr(next(extra)) for b in range(256)]  # GPT-2's bytes_to_unicode
+    chars = byte_chars()
     tokens = chars + [c + "</w>" for c in chars] + ["re", "red</w>", "<|startoftext|>", "<|endoftext|>"]
     return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[("r", "e"), ("re", "d</w>")])
 
@@ -123,3 +128,31 @@ license: test
 paper: test
 """)
     return str(path)
+
+
+def save_tiny_hf_clap(folder, seed: int = 0):
+    """A tiny transformers ``ClapModel`` (synth-clap's audio tower: 16 mel bins at 16 kHz, 1 s) and its
+    ``ClapProcessor`` (``ClapFeatureExtractor`` + a real byte-level ``RobertaTokenizer``) saved in ``folder``."""
+    import json
+    from pathlib import Path
+
+    from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor, RobertaTokenizer
+
+    from mmalign.zoo.train_scorers import clap_configs
+    from mmalign.scoring.tokenizer import WordTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>", *byte_chars(), "Ġa", "Ġm", "Ġme", "<mask>"])}
+    (folder / "v.json").write_text(json.dumps(vocab))
+    (folder / "m.txt").write_text("#version: 0.2\nĠ a\nĠ m\nĠm e\n")
+    tok = RobertaTokenizer(str(folder / "v.json"), str(folder / "m.txt"))
+    model_kwargs, fe_kwargs = clap_configs(WordTokenizer(["x"]))
+    model_kwargs["text_config"].update(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                                       eos_token_id=tok.eos_token_id, max_position_embeddings=40)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = ClapModel(ClapConfig(**model_kwargs))
+    model.save_pretrained(folder)
+    ClapProcessor(feature_extractor=ClapFeatureExtractor(**fe_kwargs), tokenizer=tok).save_pretrained(folder)
+    return folder

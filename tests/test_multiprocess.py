@@ -84,3 +84,24 @@ def test_score_under_two_processes_equals_one(tmp_path):
     assert [r["file"] for r in outs[2]] == [r["file"] for r in outs[1]] == [f"{i:02d}.png" for i in range(5)]
     for a, b in zip(outs[1], outs[2]):
         assert a["prompt"] == b["prompt"] and abs(a["score"] - b["score"]) < 1e-6
+
+
+def test_pairs_under_two_processes_equal_one(tmp_path):
+    """``mmalign pairs``: each process samples and scores a contiguous share of the prompts with the noise
+    of a one-process run; the gathered manifests and every media file equal one process's."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\ntwo blue squares\na green triangle\n")  # 3 prompts: shares of 2 and 1
+    for n in (1, 2):
+        run([*launcher(n), "-m", "mmalign.cli", "pairs", "--generator", "synth-sdxl", "--scorer", "synth-hps",
+             "--prompts", str(prompts), "--k", "2", "--steps", "2", "--seed", "3", "--out", str(tmp_path / f"p{n}"),
+             "--quiet"], tmp_path)
+    assert (tmp_path / "p2" / "pairs.jsonl").read_text() == (tmp_path / "p1" / "pairs.jsonl").read_text()
+    one, two = ([json.loads(line) for line in (tmp_path / d / "rankings.jsonl").read_text().splitlines()] for d in ("p1", "p2"))
+    assert [(r["prompt"], r["items"], r["scores"]) for r in two] == [(r["prompt"], r["items"], r["scores"]) for r in one]
+    for a, b in zip(one, two):  # the same images scored in batches of another size: float summation order only
+        torch.testing.assert_close(torch.tensor(b["raw"]["synth-hps"]), torch.tensor(a["raw"]["synth-hps"]), rtol=0, atol=1e-5)
+    files = sorted(p.name for p in (tmp_path / "p1" / "media").iterdir())
+    assert len(files) == 6 and files == sorted(p.name for p in (tmp_path / "p2" / "media").iterdir())
+    for f in files:
+        assert (tmp_path / "p2" / "media" / f).read_bytes() == (tmp_path / "p1" / "media" / f).read_bytes()
+    assert json.loads((tmp_path / "p2" / "meta.json").read_text())["processes"] == 2

@@ -85,7 +85,15 @@ def unifiedreward_sift(psi: torch.Tensor, pair_prob: torch.Tensor) -> list[tuple
 def build_preferences(generator: Any, scorers: Sequence[Any], prompts: Sequence[str], out: str | Path, k: int = 4,
                       seed: int = 0, mode: str = "best-worst", batch_size: int = 8, progress: bool = True,
                       sample_kwargs: dict[str, Any] | None = None) -> BuildResult:
-    """Sample ``k`` per prompt with ``generator``, score with every scorer, write media + manifests to ``out``."""
+    """Sample ``k`` per prompt with ``generator``, score with every scorer, write media + manifests to ``out``.
+
+    Under ``accelerate launch`` (or ``torchrun``) each process samples, scores and saves a contiguous
+    share of the prompts with the noise those items have in a one-process run (``first_prompt``); the
+    scores are gathered in input order and the main process writes the manifests, so N processes
+    write what one would.
+    """
+    from accelerate import PartialState
+
     if mode not in MODES:
         raise InputError(f"mode must be one of {MODES}, got {mode!r}")
     if k < 2 or (mode == "unifiedreward" and k % 2):
@@ -94,13 +102,17 @@ def build_preferences(generator: Any, scorers: Sequence[Any], prompts: Sequence[
         raise InputError("give at least one scorer")
     prompts = list(prompts)
     out = Path(out)
-    media = generator.sample(prompts, n=k, seed=seed, batch_size=batch_size, progress=progress, **(sample_kwargs or {}))
-    flat_prompts = [p for p in prompts for _ in range(k)]
-    raw = torch.stack([s.score(media, flat_prompts).float().cpu().view(len(prompts), k) for s in scorers])
+    state = PartialState(cpu=not torch.cuda.is_available())  # gloo on CPUs, the CUDA backend on GPUs
+    with state.split_between_processes(list(range(len(prompts)))) as mine:  # contiguous, in order
+        rows = _sample_and_score(generator, scorers, prompts, mine, out, k, seed, mode, batch_size,
+                                 progress and state.is_main_process, sample_kwargs or {})
+    if state.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        rows = gather_object(rows)  # rank order = input order
+    rel = [r for row in rows for r in row["items"]]
+    raw = torch.tensor([row["raw"] for row in rows]).permute(1, 0, 2)  # [n_scorers, P, k]
     psi = win_rates(raw)
-    names = [f"{i:05d}_{j}" for i in range(len(prompts)) for j in range(k)]
-    paths = save_media(media, out / "media", names=names)
-    rel = [str(p.relative_to(out)) for p in paths]
     scorer_names = [getattr(s, "name", type(s).__name__) for s in scorers]
 
     rankings = [{"prompt": p, "items": rel[i * k : (i + 1) * k], "scores": psi[i].tolist(),
@@ -108,20 +120,43 @@ def build_preferences(generator: Any, scorers: Sequence[Any], prompts: Sequence[
     if mode == "best-worst":
         picks: list = best_worst(psi)
     else:
-        a_idx = torch.arange(0, len(media), 2)
-        probs = torch.stack([s.compare(media[a_idx.tolist()], media[(a_idx + 1).tolist()],
-                                       [flat_prompts[i] for i in a_idx.tolist()]).float().cpu() for s in scorers]).mean(0)
-        picks = unifiedreward_sift(psi, probs.view(len(prompts), k // 2))
+        picks = unifiedreward_sift(psi, torch.tensor([row["pair_prob"] for row in rows]))
     pairs = [{"prompt": p, "chosen": rel[i * k + pick[0]], "rejected": rel[i * k + pick[1]], "label": pick[2]}
              for i, (p, pick) in enumerate(zip(prompts, picks)) if pick is not None]
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_jsonl(out / "rankings.jsonl", rankings)
-    atomic_write_jsonl(out / "pairs.jsonl", pairs)
     meta = {"generator": getattr(generator, "name", None) or type(generator).__name__, "scorers": scorer_names,
             "k": k, "seed": seed, "mode": mode, "prompts": len(prompts), "pairs": len(pairs),
-            "ties": sum(1 for p in pairs if p["label"] == 0.5)}
-    atomic_write_json(out / "meta.json", meta)
+            "ties": sum(1 for p in pairs if p["label"] == 0.5), "processes": state.num_processes}
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_jsonl(out / "rankings.jsonl", rankings)
+        atomic_write_jsonl(out / "pairs.jsonl", pairs)
+        atomic_write_json(out / "meta.json", meta)
+    state.wait_for_everyone()
     return BuildResult(out, out / "pairs.jsonl", out / "rankings.jsonl", len(prompts), len(pairs), meta["ties"])
+
+
+def _sample_and_score(generator: Any, scorers: Sequence[Any], prompts: list[str], mine: list[int], out: Path, k: int,
+                      seed: int, mode: str, batch_size: int, progress: bool,
+                      sample_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    """This process's prompts ``mine`` (contiguous indices): sample, score, save; one row per prompt
+    with its media paths (relative to ``out``), raw scores ``[n_scorers][k]`` and, for UnifiedReward
+    sifting, ``pair_prob`` = mean over scorers of P(item 2j ≻ item 2j+1)."""
+    if not mine:
+        return []
+    part = [prompts[i] for i in mine]
+    media = generator.sample(part, n=k, seed=seed, batch_size=batch_size, progress=progress, first_prompt=mine[0],
+                             **sample_kwargs)
+    flat_prompts = [p for p in part for _ in range(k)]
+    raw = torch.stack([s.score(media, flat_prompts).float().cpu().view(len(part), k) for s in scorers])
+    names = [f"{i:05d}_{j}" for i in mine for j in range(k)]
+    rel = [str(p.relative_to(out)) for p in save_media(media, out / "media", names=names)]
+    probs = None
+    if mode == "unifiedreward":
+        a_idx = list(range(0, len(media), 2))
+        probs = torch.stack([s.compare(media[a_idx], media[[i + 1 for i in a_idx]], [flat_prompts[i] for i in a_idx])
+                             .float().cpu() for s in scorers]).mean(0).view(len(part), k // 2)
+    return [{"items": rel[r * k : (r + 1) * k], "raw": raw[:, r].tolist(),
+             "pair_prob": None if probs is None else probs[r].tolist()} for r in range(len(part))]
 
 
 __all__ = ["build_preferences", "win_rates", "best_worst", "unifiedreward_sift", "BuildResult", "MODES"]

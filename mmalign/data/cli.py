@@ -30,7 +30,12 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(8, "--batch-size", help="Sampling batch size"),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars"),
     ) -> None:
-        """Build preference data (pairs and Syn-Pic k-wise rankings) from a generator and scorers."""
+        """Build preference data (pairs and Syn-Pic k-wise rankings) from a generator and scorers.
+
+        Under ``accelerate launch`` each process samples and scores a share of the prompts; the files equal one process's."""
+        import torch
+        from accelerate import PartialState
+
         from mmalign.data.build import build_preferences
         from mmalign.data.prompts import read_prompts
         from mmalign.generators import load_generator
@@ -39,11 +44,14 @@ def register(app: typer.Typer) -> None:
 
         loras = parse_lora_args(lora)
         prompt_list = read_prompts(prompts, n_prompts, seed) if prompts else None  # a bad file fails before loading
-        gen = load_generator(generator, lora=loras)
+        state = PartialState(cpu=not torch.cuda.is_available())  # under accelerate launch: each process samples a share of the prompts
+        device = str(state.device) if state.num_processes > 1 else "auto"
+        gen = load_generator(generator, lora=loras, device=device)
         if prompt_list is None:
             prompt_list = read_prompts(f"synth-{gen.modality}-train", n_prompts, seed)
-        scorers = [load_scorer(s.strip()) for s in scorer.split(",") if s.strip()]
+        scorers = [load_scorer(s.strip(), device=device) for s in scorer.split(",") if s.strip()]
         res = build_preferences(gen, scorers, prompt_list, out, k=k, seed=seed, mode=mode, batch_size=batch_size,
                                 progress=not quiet, sample_kwargs={} if steps is None else {"steps": steps})
-        typer.echo(f"{res.n_prompts} prompts × {k} samples → {res.n_pairs} pairs ({res.n_ties} ties) in {res.pairs}; "
-                   f"rankings in {res.rankings}")
+        if state.is_main_process:
+            typer.echo(f"{res.n_prompts} prompts × {k} samples → {res.n_pairs} pairs ({res.n_ties} ties) in {res.pairs}; "
+                       f"rankings in {res.rankings}")

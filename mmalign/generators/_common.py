@@ -42,10 +42,21 @@ PIPELINE_OUTPUT = {"image": "images", "video": "frames", "audio": "audios"}
 # --- devices, seeds, prompts -------------------------------------------------------------------
 
 
-def item_seeds(seed: int, count: int) -> list[int]:
-    """One independent seed per output item (SeedSequence of ``(seed, index)``), so an item's noise
-    depends only on the run seed and its index, never on the batch it is drawn in."""
-    return [int(np.random.SeedSequence([seed, i]).generate_state(1, dtype=np.uint64)[0] >> 1) for i in range(count)]
+def item_seeds(seed: int, count: int, start: int = 0) -> list[int]:
+    """One independent seed per output item (SeedSequence of ``(seed, index)``) for items ``start …
+    start + count − 1``, so an item's noise depends only on the run seed and its index, never on the
+    batch (or the process) it is drawn in."""
+    return [int(np.random.SeedSequence([seed, i]).generate_state(1, dtype=np.uint64)[0] >> 1)
+            for i in range(start, start + count)]
+
+
+def item_plan(seed: int, n: int, count: int, first_prompt: int = 0) -> tuple[list[int], list[dict[str, int]]]:
+    """Seeds and metadata of ``count`` prompt-major items, ``n`` per prompt, whose first prompt is
+    prompt ``first_prompt`` of the whole run (a process sampling a slice of one run passes its offset)."""
+    start = first_prompt * n
+    seeds = item_seeds(seed, count, start)
+    return seeds, [{"seed": s, "run_seed": seed, "prompt_index": (start + i) // n, "index": (start + i) % n}
+                   for i, s in enumerate(seeds)]
 
 
 def item_generators(seeds: Sequence[int], device: torch.device) -> list[torch.Generator]:
@@ -195,16 +206,17 @@ class DiffusersGenerator(Generator):
         return AudioBatch(data.clamp(-1, 1), sample_rate=int(self.sample_rate), prompts=prompts, metadata=metadata)
 
     def sample(self, prompts: Sequence[str] | str, n: int = 1, seed: int = 0, steps: int | None = None,
-               guidance: float | None = None, batch_size: int = 8, progress: bool = True, **kwargs: Any) -> Media:
+               guidance: float | None = None, batch_size: int = 8, progress: bool = True, first_prompt: int = 0,
+               **kwargs: Any) -> Media:
         """``n`` samples per prompt, prompt-major; item ``i`` uses its own seeded ``torch.Generator``.
-        ``kwargs`` go to the pipeline call, over the ``call_defaults`` of :attr:`defaults`."""
+        ``first_prompt``: the index of ``prompts[0]`` in a larger run split across processes (same
+        noise as the whole run). ``kwargs`` go to the pipeline call, over the ``call_defaults`` of :attr:`defaults`."""
         items = expand_prompts(prompts, n)
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
         steps = int(steps or self.defaults.get("steps", 30))
         guidance = float(self.defaults.get("guidance", 5.0) if guidance is None else guidance)
-        seeds = item_seeds(seed, len(items))
-        metadata = [{"seed": s, "run_seed": seed, "prompt_index": i // n, "index": i % n} for i, s in enumerate(seeds)]
+        seeds, metadata = item_plan(seed, n, len(items), first_prompt)
         for key, value in self.defaults.items():
             if key in self.call_defaults:
                 kwargs.setdefault(key, value)

@@ -122,9 +122,12 @@ class Generator(ABC):
         guidance: float | None = None,
         batch_size: int = 8,
         progress: bool = True,
+        first_prompt: int = 0,
         **kwargs: Any,
     ) -> Media:
-        """``n`` samples per prompt, prompt-major (all samples of prompt 0 first). Same seed, same output."""
+        """``n`` samples per prompt, prompt-major (all samples of prompt 0 first). Same seed, same output.
+        ``first_prompt`` offsets the item indices that seed the noise: processes that each sample a
+        slice of one run's prompts pass the slice's start and together reproduce the whole run."""
 
     def trainable(self) -> DiffusionAdapter:
         raise ConfigError(f"{type(self).__name__} is sampling-only (not a diffusion model); it cannot be trained")

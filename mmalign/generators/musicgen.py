@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mmalign.errors import InputError
-from mmalign.generators._common import expand_prompts, item_seeds, write_defaults
+from mmalign.generators._common import expand_prompts, item_plan, write_defaults
 from mmalign.generators.base import Generator
 from mmalign.media import AudioBatch
 from mmalign.rng import owned_rng
@@ -41,7 +41,7 @@ class MusicGenGenerator(Generator, family="musicgen", modality="audio"):
 
     def sample(self, prompts: Sequence[str] | str, n: int = 1, seed: int = 0, steps: int | None = None,
                guidance: float | None = None, batch_size: int = 8, progress: bool = True,
-               max_new_tokens: int | None = None, **kwargs: Any) -> AudioBatch:
+               max_new_tokens: int | None = None, first_prompt: int = 0, **kwargs: Any) -> AudioBatch:
         """``max_new_tokens`` audio-token frames per item (default: :attr:`defaults`); other ``kwargs``
         go to ``model.generate``. ``batch_size`` is unused: items are drawn one at a time for seed-stable
         output. ``steps`` is an error: MusicGen is autoregressive and has no denoising steps."""
@@ -50,7 +50,7 @@ class MusicGenGenerator(Generator, family="musicgen", modality="audio"):
                              f"length with max_new_tokens=N audio-token frames ({self.frame_rate:g} per second "
                              "of audio), or max_new_tokens in the model's mmalign_generator.json")
         items = expand_prompts(prompts, n)
-        seeds = item_seeds(seed, len(items))
+        seeds, metadata = item_plan(seed, n, len(items), first_prompt)
         tokens = int(max_new_tokens or self.defaults["max_new_tokens"])
         if tokens < 1:
             raise InputError(f"max_new_tokens must be >= 1 audio-token frame, got {tokens}")
@@ -64,7 +64,6 @@ class MusicGenGenerator(Generator, family="musicgen", modality="audio"):
             outs.append(audio.float().cpu())
         length = min(a.shape[-1] for a in outs)
         samples = torch.cat([a[..., :length] for a in outs]).clamp(-1, 1)
-        metadata = [{"seed": s, "run_seed": seed, "prompt_index": i // n, "index": i % n} for i, s in enumerate(seeds)]
         return AudioBatch(samples, sample_rate=self.sample_rate, prompts=items, metadata=metadata)
 
     def save_pretrained(self, folder: str | Path) -> None:
