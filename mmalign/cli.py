@@ -19,9 +19,9 @@ from typer.core import TyperGroup
 
 from mmalign.errors import MMAlignError
 
-AREAS: tuple[str, ...] = ("synth", "generators", "scoring", "data", "align", "bench")
+AREAS: tuple[str, ...] = ("synth", "generators", "scoring", "data", "align", "bench", "arena")
 #: the order of commands in ``mmalign --help`` (others follow alphabetically)
-ORDER: tuple[str, ...] = ("demo", "sample", "score", "pairs", "train", "train-scorer", "merge", "selma", "bench", "synth")
+ORDER: tuple[str, ...] = ("demo", "sample", "score", "pairs", "train", "train-scorer", "merge", "selma", "bench", "arena", "synth")
 
 
 class _Group(TyperGroup):
