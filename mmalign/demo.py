@@ -40,11 +40,13 @@ class DemoConfig(Card):
     recipe: str = Field("synth-diffusion-dpo", description="Training recipe (shipped name or file)")
     recipe_overrides: list[str] = Field(default_factory=list, description="Extra --set overrides of the recipe, e.g. ['max_steps=100']")
     train_prompts: int = Field(192, gt=0, description="Train-split prompts the preference data is built from")
-    k: int = Field(4, ge=2, description="Samples per prompt; best vs worst becomes one pair")
+    k: int = Field(4, ge=2, description="Samples per prompt, ranked by the scorer")
+    data: Literal["pairs", "rankings"] = Field("pairs", description="Train on best-vs-worst pairs, or on the full k-wise rankings (the recipe's method and data.ranking_to_pairs decide how)")
     val_prompts: int = Field(32, gt=0, description="Other train-split prompts for the validation curve")
     eval_prompts: int = Field(256, gt=0, description="Held-out prompts of the final comparison")
     annotators: int = Field(20, gt=0, description="Simulated annotators; each judges every pair with its own noise (a bigger panel narrows the CI)")
     batch_size: int = Field(32, gt=0, description="Sampling batch size")
+    steps: int | None = Field(None, gt=0, description="Sampling steps for the data, the validation curve and the evaluation (None: the generator's default)")
     seed: int = Field(0, description="Seed of prompts, sampling, training and the bootstrap")
 
 
@@ -91,13 +93,14 @@ def compare_models(base, aligned, prompts: list[str], scorer, annotators: int, s
     }
     ob, oa = evaluate(base, prompts), evaluate(aligned, prompts)
     skills = sorted(ob.per_skill_accuracy())
-    report["oracle"] = {}
+    report["oracle"], skill_items = {}, {}
     for s in skills:
         rows = [(i, sb[s], sa[s]) for i, (sb, sa) in enumerate(zip(ob.skills, oa.skills)) if s in sb]
         b = np.array([r[1] for r in rows], float)
         a = np.array([r[2] for r in rows], float)
         report["oracle"][s] = {"base": bootstrap_ci(b, seed=seed), "aligned": bootstrap_ci(a, seed=seed),
                                "delta": bootstrap_ci(a - b, seed=seed), "n": len(rows)}
+        skill_items[s] = (a - b).tolist()
     fb, fa = ob.faithfulness.numpy(), oa.faithfulness.numpy()
     report["oracle"]["faithfulness"] = {"base": bootstrap_ci(fb, seed=seed), "aligned": bootstrap_ci(fa, seed=seed),
                                         "delta": bootstrap_ci(fa - fb, seed=seed), "n": len(prompts)}
@@ -107,6 +110,9 @@ def compare_models(base, aligned, prompts: list[str], scorer, annotators: int, s
     # a panel of simulated annotators judges each pair (aligned vs base); ties count one half
     votes = panel_votes(aligned, base, prompts, annotators, seed)
     report["win_rate"] = bootstrap_ci(votes.mean(0), seed=seed)
+    # per-prompt values, for pooling runs (benchmarks/bench_align.py)
+    report["items"] = {"win": votes.mean(0).tolist(), "faithfulness": (fa - fb).tolist(), "quality": (qa - qb).tolist(),
+                       "reward": (ra - rb).tolist(), "skills": skill_items}
     report["win_rate_votes"] = {"wins": int((votes == 1).sum()), "ties": int((votes == 0.5).sum()),
                                 "losses": int((votes == 0).sum())}
     return report
@@ -162,8 +168,9 @@ def run_demo(modality: str = "image", seed: int = 0, out: Path | None = None, ov
     (out / "val_prompts.txt").write_text("\n".join(val_prompts) + "\n")
 
     console.print(f"1/3 preference data: {cfg.train_prompts} train prompts × k={cfg.k} samples, scored by {cfg.scorer}")
+    steps = {} if cfg.steps is None else {"steps": cfg.steps}
     data = build_preferences(gen, [scorer], train_prompts, out / "data", k=cfg.k, seed=cfg.seed,
-                             batch_size=cfg.batch_size, progress=not quiet)
+                             batch_size=cfg.batch_size, progress=not quiet, sample_kwargs=steps)
     timings["data_s"] = time.perf_counter() - t0
 
     console.print(f"2/3 training ({cfg.recipe}), validating on {cfg.val_prompts} other train-split prompts")
@@ -171,18 +178,18 @@ def run_demo(modality: str = "image", seed: int = 0, out: Path | None = None, ov
     if (run_dir / "checkpoints").exists():
         shutil.rmtree(run_dir)
     result = train(cfg.recipe, overrides=[
-        f"data.path={data.pairs}", f"output_dir={run_dir}", f"data.cache_dir={out / 'cache'}",
+        f"data.path={data.pairs if cfg.data == 'pairs' else data.rankings}", f"output_dir={run_dir}", f"data.cache_dir={out / 'cache'}",
         f"eval.prompts={out / 'val_prompts.txt'}", "eval.n_prompts=null", f"seed={cfg.seed}",
-        f"progress={not quiet}", *cfg.recipe_overrides,
+        f"progress={not quiet}", f"eval.steps={cfg.steps or 'null'}", *cfg.recipe_overrides,
     ], generator=gen)
     timings["train_s"] = time.perf_counter() - t0 - timings["data_s"]
 
     console.print(f"3/3 evaluation on {cfg.eval_prompts} held-out prompts, same seeds for base and aligned")
     eval_seed = cfg.seed + 777
     base = load_generator(cfg.generator).sample(eval_prompts, n=1, seed=eval_seed, batch_size=cfg.batch_size,
-                                                progress=not quiet)
+                                                progress=not quiet, **steps)
     aligned = load_generator(cfg.generator, lora=result.final_dir).sample(
-        eval_prompts, n=1, seed=eval_seed, batch_size=cfg.batch_size, progress=not quiet)
+        eval_prompts, n=1, seed=eval_seed, batch_size=cfg.batch_size, progress=not quiet, **steps)
     report = compare_models(base, aligned, eval_prompts, scorer, cfg.annotators, cfg.seed)
     timings["eval_s"] = time.perf_counter() - t0 - timings["data_s"] - timings["train_s"]
     timings["total_s"] = time.perf_counter() - t0
@@ -193,12 +200,18 @@ def run_demo(modality: str = "image", seed: int = 0, out: Path | None = None, ov
         grid.save(out / "before_after.png")
     elif cfg.modality == "video":
         video_contact_sheet(type(base).cat([base[show[:6]], aligned[show[:6]]])).save(out / "before_after.png")
+    unchanged = result.best_step == 0  # early stopping kept the reference weights: the "aligned" model is the base
     report.update(config=cfg.model_dump(mode="json"), pairs=data.n_pairs, train={"steps": result.steps, "stopped": result.stopped,
-                  "best_step": result.best_step, "eval_history": result.eval_history}, timings=timings)
+                  "best_step": result.best_step, "eval_history": result.eval_history, "flags": result.flags},
+                  trained=not unchanged, precision=result.precision, timings=timings)
     atomic_write_json(out / "report.json", report)
     console.print(_table(report, f"base vs aligned on {cfg.eval_prompts} held-out prompts (95% bootstrap CIs)"))
     w = report["win_rate"]
     verdict = "aligned beats base" if w[1] > 0.5 else ("no significant difference" if w[2] >= 0.5 else "base beats aligned")
+    if unchanged:
+        verdict = "not aligned: early stopping kept step 0, so the model is the base model"
+    for flag in result.flags:
+        console.print(f"[bold yellow]warning:[/] {flag['message']}")
     console.print(f"[bold]{verdict}[/]: win-rate {100 * w[0]:.1f}% [{100 * w[1]:.1f}%, {100 * w[2]:.1f}%] "
                   f"in {timings['total_s'] / 60:.1f} min; report: {out / 'report.json'}")
     return report

@@ -27,6 +27,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import io
+import json
 import os
 import struct
 from dataclasses import dataclass, field
@@ -402,12 +403,18 @@ def modality_of(path: str | os.PathLike) -> str:
 
 def _decode_pil(source: Path | io.BytesIO, where: str) -> np.ndarray:
     """``[H, W, 3]`` uint8 RGB of an encoded image (file or bytes), EXIF orientation applied, any mode → RGB."""
+    from PIL import ImageFile
+
+    lenient = ImageFile.LOAD_TRUNCATED_IMAGES  # a process-wide flag some libraries turn on at import (VBench's AMT, pyiqa)
     try:
+        ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error here, never padded with grey
         with Image.open(source) as im:
             im.load()
             return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
     except _DECODE_ERRORS as e:
         raise InputError(f"{where}: cannot decode image ({e}); the data is truncated, corrupt or not an image") from e
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = lenient
 
 
 def decode_image_bytes(data: bytes, where: str = "image bytes") -> ImageBatch:
@@ -512,6 +519,29 @@ def load_media(path: str | os.PathLike, *, fps: float = 8.0, sample_rate: int = 
     if kind == "audio":
         return load_audio(path)
     return load_array(path, fps=fps, sample_rate=sample_rate)
+
+
+_PROMPT_KEYS = ("prompt", "caption", "text")
+_FILE_KEYS = ("file", "path", "media", "image", "video", "audio")
+
+
+def read_media_manifest(path: Path) -> dict[str, str]:
+    """``{file name: prompt}`` from a media folder's JSONL manifest (keys ``file``/``path``… and ``prompt``/``caption``)."""
+    out = {}
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+        row = row if isinstance(row, dict) else {}
+        f = next((row[k] for k in _FILE_KEYS if k in row), None)
+        p = next((row[k] for k in _PROMPT_KEYS if k in row), None)
+        if not isinstance(f, str) or not isinstance(p, str):
+            raise InputError(f"{path}:{i}: a manifest row needs a file ({'/'.join(_FILE_KEYS)}) and a prompt ({'/'.join(_PROMPT_KEYS)})")
+        out[Path(f).name] = p
+    return out
 
 
 @dataclass

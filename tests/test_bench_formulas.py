@@ -37,13 +37,24 @@ def test_normalisation_and_worked_totals():
     assert s["total_present"] == pytest.approx(s["total"], abs=1e-12)  # all 16 present
 
 
-def test_missing_dimension_counts_as_raw_zero():
-    assert normalize("subject_consistency", 0.0) == pytest.approx(-0.171234, abs=1e-6)
+def test_missing_dimension_gives_no_headline_number():
+    assert normalize("subject_consistency", 0.0) == pytest.approx(-0.171234, abs=1e-6)  # B2
     raw = {d: r for d, (r, _) in RAW_AND_NORMALIZED.items() if d != "subject_consistency"}
     s = vbench_scores(raw)
-    assert s["quality"] == pytest.approx((5.246312 - 0.941438 - 0.171234) / 6.5, abs=1e-6)
+    # nobody measured subject consistency: no Quality, no Total; Semantic is complete
+    assert s["quality"] is None and s["total"] is None
+    assert s["semantic"] == pytest.approx(0.704532, abs=1e-6)
+    assert s["missing"] == {"quality": ["subject_consistency"], "semantic": []}
     assert "subject_consistency" not in s["normalized"]
     assert s["quality_present"] == pytest.approx((5.246312 - 0.941438) / 5.5, abs=1e-6)
+    assert s["total_present"] == pytest.approx((4 * s["quality_present"] + s["semantic"]) / 5, abs=1e-12)
+    # VBench's own convention on request (cal_final_score.py): missing counts as raw 0
+    v = vbench_scores(raw, missing_as_zero=True)
+    assert v["quality"] == pytest.approx((5.246312 - 0.941438 - 0.171234) / 6.5, abs=1e-6)
+    # nothing measured: every headline is null
+    empty = vbench_scores({})
+    assert all(empty[k] is None for k in ("quality", "semantic", "total", "quality_present", "total_present"))
+    assert len(empty["missing"]["quality"]) == 7 and len(empty["missing"]["semantic"]) == 9
 
 
 def test_vbench_suite_counts():
@@ -162,7 +173,7 @@ class FakeInputs:
         self.num_frames, self.height, self.width = n, 64, 64
         self._dets, self._feats, self._text = dets, feats, text
 
-    def detections(self, role, s):
+    def detections(self, role, s, queries=None):
         return self._dets
 
     def features(self, role, s):
@@ -171,8 +182,8 @@ class FakeInputs:
     def text_features(self, role, texts):
         return self._text
 
-    def has(self, role):
-        return True
+    def video_features(self, role, s):
+        return torch.nn.functional.normalize(self._feats[0], dim=0)  # the first row stands for the video embedding
 
 
 def test_detector_dimensions_follow_vbench_rules():
@@ -214,9 +225,8 @@ def test_text_similarity_dimensions():
     r = AppearanceStyle().measure(FakeInputs("p", {"appearance_style": "Van Gogh style"}, feats=feats, text=text))
     assert r["frame_results"] == pytest.approx([1.0, 0.6, 0.0]) and r["cur_sim"] == pytest.approx(0.0)
     assert (r["num"], r["den"]) == (pytest.approx(1.6), 3.0)  # frame-weighted aggregate (1-GPU path)
-    r = OverallConsistency().measure(FakeInputs("p", {}, feats=feats, text=text))
-    mean = torch.nn.functional.normalize(feats.mean(0), dim=0)
-    assert r["video_results"] == pytest.approx(float(mean[0]))
+    r = OverallConsistency().measure(FakeInputs("p", {}, feats=feats[1:], text=2 * text))
+    assert r["video_results"] == pytest.approx(0.6)  # cos((0.6, 0.8), (1, 0)): the text is normalised too
 
 
 def test_flow_backbones_padding_and_direction():

@@ -148,7 +148,17 @@ def test_cli_end_to_end_synth_video(synth_videos, tmp_path):
     for d in ("temporal_flickering", "motion_smoothness", "dynamic_degree", "object_class", "faithfulness"):
         assert dims[d]["status"] == "ok" and 0.0 <= dims[d]["raw"] <= 1.0, d
     assert "fallback" in dims["dynamic_degree"]["note"] or "classical" in dims["dynamic_degree"]["note"]
-    assert res["scores"]["total"] is not None
+    # every number names its backbone; none of the synth suite's is VBench's
+    assert dims["dynamic_degree"]["backbone"] == "substitute:horn-schunck"
+    assert not dims["dynamic_degree"]["comparable_with_vbench"]
+    assert dims["temporal_flickering"]["backbone"] == "model-free" and dims["temporal_flickering"]["comparable_with_vbench"]
+    assert res["dtype"] == "fp32"
+    # the synth suite measures all 7 quality but only 3 of the 9 semantic dimensions: Quality, but no
+    # Semantic and no Total; the partial scores beside them
+    assert res["scores"]["quality"] is not None
+    assert res["scores"]["total"] is None and res["scores"]["semantic"] is None
+    assert res["scores"]["total_present"] is not None and "human_action" in res["scores"]["missing"]["semantic"]
+    assert "total: null (missing" in r.output and "total_present" in r.output and "substitute:horn-schunck" in r.output
     evals = list(out.glob("*_eval_results.json"))
     assert len(evals) == 1
     ev = json.loads(evals[0].read_text())
@@ -173,6 +183,11 @@ def test_cli_end_to_end_synth_video(synth_videos, tmp_path):
     table = json.loads((tmp_path / "lb" / "leaderboard.json").read_text())
     assert [row[0] for row in table["rows"]] and {row[0] for row in table["rows"]} == {"seed0", "seed1"}
     assert (tmp_path / "lb" / "leaderboard_bars.png").stat().st_size > 1000
+    # the leaderboard says which backbone made each number and marks the substitutes' numbers
+    seed0 = table["backbones"][[row[0] for row in table["rows"]].index("seed0")]
+    assert seed0["dynamic_degree"] == "substitute:horn-schunck" and seed0["temporal_flickering"] == "model-free"
+    md = (tmp_path / "lb" / "leaderboard.md").read_text()
+    assert "†" in md and "not comparable with VBench" in md
     # --strict turns an unreadable file into exit code 1
     _add_bad_files(folder2, prompts)
     r = CliRunner().invoke(_bench_app(), ["bench", "--suite", "synth-video", "--videos", str(folder2), "--out",

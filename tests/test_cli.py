@@ -71,7 +71,7 @@ def test_train_main_path_and_error_path(tmp_path):
             "--quiet"]
     proc = mmalign_cli(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "2 steps (max_steps)" in proc.stdout and (tmp_path / "run" / "final" / "pytorch_lora_weights.safetensors").is_file()
+    assert "2 steps (max_steps, fp32)" in proc.stdout and (tmp_path / "run" / "final" / "pytorch_lora_weights.safetensors").is_file()
     assert [json.loads(l)["step"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     again = mmalign_cli(*args, cwd=tmp_path)  # the folder holds checkpoints: resume or choose another
     assert "pass --resume" in error_line(again)

@@ -401,3 +401,19 @@ def test_video_contact_sheet_picks_frames():
     assert video_contact_sheet(VideoBatch(px), frames=[1, -1], padding=0).size == (8, 8)
     with pytest.raises(InputError, match=re.escape("out of range")):
         video_contact_sheet(VideoBatch(px), frames=[8])
+
+
+def test_a_truncated_image_is_an_error_even_when_pil_is_told_to_load_truncated_images(tmp_path, monkeypatch):
+    """Some libraries (VBench's AMT utils, pyiqa) set PIL's process-wide LOAD_TRUNCATED_IMAGES at import;
+    loading still refuses a truncated file, and the flag is left as it was."""
+    from PIL import ImageFile
+
+    from mmalign.media import ImageBatch, load_image, save_media
+
+    path = save_media(ImageBatch(torch.rand(1, 3, 64, 64)), tmp_path, names=["a.png"])[0]
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    with pytest.raises(InputError, match="a.png"):
+        load_image(path)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True

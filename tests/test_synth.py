@@ -127,9 +127,9 @@ def test_annotators_bradley_terry_ties_and_ceiling():
     # two independent annotators agree less than perfectly, more than chance
     second = Annotator(seed=1).choose(good, bad, prompts)
     assert 0.6 < agreement(labels, second) < 1.0
-    # ties: identical items with zero noise are always ties
-    quiet = Annotator(seed=0, noise=0.0)
-    assert (quiet.choose(good, good, prompts) == 0.5).all()
+    # ties: identical items are always ties, whatever the rater's noise
+    for noise in (0.0, 0.15, 1.0):
+        assert (Annotator(seed=0, noise=noise).choose(good, good, prompts) == 0.5).all()
     assert Annotator(seed=3).choose(good, bad, prompts).tolist() == Annotator(seed=3).choose(good, bad, prompts).tolist()
 
 
@@ -143,6 +143,23 @@ def test_panel_votes_are_the_panel_members_choices():
         assert votes[j].tolist() == Annotator(seed=107 + j).choose(good, bad, prompts).tolist()
     with pytest.raises(InputError, match="all must match"):
         panel_votes(good, bad[:39], prompts, annotators=2)
+
+
+def test_a_model_compared_with_itself_wins_exactly_half():
+    """A no-op "aligned" model (its samples equal the base's) scores 50.0% with a zero-width CI, however
+    large the panel; one changed item moves it."""
+    from mmalign.demo import compare_models
+    from mmalign.scoring import load_scorer
+
+    prompts = sample_prompts("image", 24, seed=8)
+    base = render(prompts, seed=2)
+    report = compare_models(base, ImageBatch(base.pixels.clone()), prompts, load_scorer("synth-hps", device="cpu"),
+                            annotators=20, seed=0)
+    assert report["win_rate"] == (0.5, 0.5, 0.5) and report["win_rate_votes"]["ties"] == 20 * 24
+    assert report["oracle"]["faithfulness"]["delta"] == (0.0, 0.0, 0.0)
+    changed = ImageBatch(base.pixels.clone())
+    changed.pixels[0] = 1 - changed.pixels[0]
+    assert compare_models(base, changed, prompts, load_scorer("synth-hps", device="cpu"), 20, 0)["win_rate"][0] != 0.5
 
 
 def test_rankings_and_parquet(tmp_path):

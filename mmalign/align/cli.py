@@ -8,6 +8,8 @@ from typing import List, Optional
 
 import typer
 
+from mmalign.devices import DTYPE_HELP, check_dtype_option
+
 
 def register(app: typer.Typer) -> None:
     """Add ``train``, ``merge`` and ``selma`` to the main app."""
@@ -17,14 +19,17 @@ def register(app: typer.Typer) -> None:
         recipe: str = typer.Argument(..., help="Recipe YAML file or shipped recipe name (e.g. synth-diffusion-dpo)"),
         set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a recipe key: --set lr=1e-6 --set data.ties=keep"),
         resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in output_dir"),
+        dtype: Optional[str] = typer.Option(None, "--dtype", help="Sets the recipe's mixed_precision (fp32 = no): " + DTYPE_HELP),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars"),
     ) -> None:
         """Fine-tune a generator on preference data (Diffusion-DPO, RankDPO, LiPO-λ, SFT)."""
         from mmalign.align.trainer import train
 
-        overrides = list(set_ or []) + (["progress=false"] if quiet else [])
+        precision = [] if dtype is None else [f"mixed_precision={'no' if check_dtype_option(dtype) == 'fp32' else dtype}"]
+        overrides = precision + list(set_ or []) + (["progress=false"] if quiet else [])
         res = train(recipe, overrides=overrides, resume=resume)
-        typer.echo(f"{res.steps} steps ({res.stopped}); weights in {res.final_dir}; metrics in {res.output_dir / 'metrics.jsonl'}")
+        typer.echo(f"{res.steps} steps ({res.stopped}, {res.precision}); weights in {res.final_dir}; "
+                   f"metrics in {res.output_dir / 'metrics.jsonl'}")
 
     app.command("merge")(merge_command)
 

@@ -54,6 +54,7 @@ class LoraConfig(Card):
     targets: list[str] | None = Field(None, description="Target module names; None = the adapter's default (attention projections)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout")
     init: Literal["gaussian", "default"] = Field("gaussian", description="peft init_lora_weights; both start with B = 0, so policy = reference at step 0")
+    init_from: str | None = Field(None, description="Start from this LoRA (a final/ folder or .safetensors of the same targets and rank) instead of B = 0; the reference stays the base model")
 
 
 class OptimizerConfig(Card):
@@ -70,6 +71,15 @@ class EarlyStopping(Card):
     min_delta: float = Field(0.0, ge=0.0, description="Minimum improvement that counts")
 
 
+class GuardConfig(Card):
+    """Reward-hacking guard (:mod:`mmalign.align.guard`): the proxy rises while the held-out judge falls."""
+
+    level: float = Field(0.9, gt=0, lt=1, description="Two-sided level of the paired bootstrap CIs over eval prompts (0.9: each side one-sided 95%)")
+    proxy_rise: float = Field(0.0, ge=0, description="The proxy (eval.scorer) counts as rising when its CI vs step 0 lies above this")
+    judge_fall: float = Field(0.0, ge=0, description="The judge (eval.judge) counts as falling when its CI vs step 0 lies below minus this")
+    stop: bool = Field(False, description="Stop the run when flagged and keep the weights of the last evaluation that was not")
+
+
 class EvalConfig(Card):
     every: int = Field(0, ge=0, description="Evaluate every N optimizer steps on held-out prompts (0 = off)")
     prompts: str | None = Field(None, description="Prompt file (one per line) or the name of a shipped prompt set (e.g. 'synth-image-heldout')")
@@ -80,6 +90,7 @@ class EvalConfig(Card):
     judge: str | None = Field(None, description="A second scorer id ('judge' metric, e.g. synth-oracle), never used to build the data; its per-skill details are logged too")
     early_stopping: EarlyStopping | None = Field(None, description="Stop when the eval metric stops improving; the best step's weights are kept")
     max_reward_margin: float | None = Field(None, gt=0, description="Stop when the mean implicit reward margin over the last eval period exceeds this (a memorisation watch)")
+    guard: GuardConfig | None = Field(default_factory=GuardConfig, description="Flag reward hacking (needs eval.scorer and eval.judge): each evaluation vs step 0, per prompt; null = off")
 
     @model_validator(mode="after")
     def _check(self) -> "EvalConfig":
@@ -108,7 +119,7 @@ class Recipe(Card):
     grad_accum: int = Field(1, gt=0, description="Micro-steps per optimizer step")
     max_steps: int = Field(100, gt=0, description="Optimizer steps")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient-norm clip (None = off)")
-    mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="accelerate mixed precision for the forward passes (fp16 needs CUDA); errors and losses stay fp32")
+    mixed_precision: Literal["no", "fp16", "bf16", "auto"] = Field("auto", description="Compute precision of the denoiser's forward passes; trainable weights (fp32 masters), errors and losses stay fp32. no = fp32; bf16; fp16 (CUDA); auto = bf16 on a CUDA device that supports it and on a CPU with AMX/AVX512-BF16 for a denoiser of ≥ 10M parameters, else fp32 (mmalign.devices.auto_dtype). CUDA: accelerate's autocast; CPU LoRA runs: the denoiser cast to bf16 once and fp32 master copies of the LoRA weights for the optimizer (autocast, and fp32 LoRA layers on a bf16 base, are slower on CPUs: benchmarks/bench_precision.py); CPU full fine-tuning: autocast")
     attention: Attention = Field("sdpa", description="Attention backend of the denoiser: sdpa (PyTorch picks the kernel), or force math / flash / efficient / cudnn / xformers")
     gradient_checkpointing: bool = Field(False, description="Recompute denoiser activations in backward")
     checkpoint_every: int = Field(0, ge=0, description="Save a resumable checkpoint every N optimizer steps (0 = only at the end)")

@@ -54,12 +54,15 @@ from mmalign.align.config import Recipe, load_recipe
 from mmalign.checkpoint import atomic_folder, clean_partial, latest_checkpoint, load_checkpoint, save_checkpoint
 from mmalign.data.cache import EncodedData, encode_dataset
 from mmalign.data.pairs import Fit, PairDataset, RankingDataset, read_preferences
+from mmalign.devices import cast_weights, dtype_name, num_parameters, resolve_dtype
 from mmalign.errors import CheckpointError, ConfigError
 from mmalign.fileio import atomic_write, atomic_write_text
 from mmalign.generators.base import DiffusionAdapter, Generator
 from mmalign.rng import owned_rng
 
-EvalFn = Callable[[int], dict[str, float]]
+#: step → eval metrics (floats); may also return ``"items"``: per-prompt values of ``score`` and ``judge``
+#: (the reward-hacking guard's paired comparison with step 0)
+EvalFn = Callable[[int], dict[str, Any]]
 #: recipe keys that may change between a checkpoint and its resumption
 RESUMABLE_CHANGES = {"max_steps", "checkpoint_every", "keep_checkpoints", "output_dir", "progress", "eval", "device"}
 
@@ -71,10 +74,12 @@ class TrainResult:
     output_dir: Path
     final_dir: Path
     steps: int
-    stopped: str  # "max_steps" | "early_stopping" | "reward_margin"
+    stopped: str  # "max_steps" | "early_stopping" | "reward_margin" | "reward_hacking"
     best_step: int | None = None
     last_metrics: dict[str, float] = field(default_factory=dict)
     eval_history: list[dict[str, float]] = field(default_factory=list)
+    flags: list[dict[str, Any]] = field(default_factory=list)  # reward-hacking flags of the guard (eval.guard)
+    precision: str = "fp32"  # the denoiser's compute dtype (mixed_precision resolved; mmalign.devices.dtype_name)
 
 
 @dataclass
@@ -88,6 +93,8 @@ class TrainState:
     best_step: int | None = None
     bad_evals: int = 0
     margins: list[float] = field(default_factory=list)  # implicit reward margins since the last evaluation
+    reference_items: dict[str, list[float]] | None = None  # step 0's per-prompt score and judge (eval.guard)
+    flags: list[dict[str, Any]] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------------------- noise
@@ -258,6 +265,15 @@ def check_runtime(recipe: Recipe, device: torch.device) -> None:
         raise ConfigError("mixed_precision=bf16: this CUDA device does not support bfloat16; use fp16 or no")
 
 
+def compute_dtype(recipe: Recipe, device: torch.device, denoiser: torch.nn.Module | None = None) -> torch.dtype:
+    """The dtype the denoiser computes in: ``mixed_precision`` no → fp32, bf16, fp16, or ``auto``
+    (:func:`mmalign.devices.auto_dtype`, weighing the denoiser's parameter count on a CPU; logged)."""
+    if recipe.mixed_precision == "no":
+        return torch.float32
+    params = None if denoiser is None else num_parameters([denoiser])
+    return resolve_dtype(recipe.mixed_precision, device, params=params, what="the denoiser (mixed_precision=auto)")
+
+
 def make_evaluation(recipe: Recipe, generator: Generator) -> EvalFn | None:
     """Held-out evaluation from ``recipe.eval``: sample, then the scorer's and the judge's mean scores.
 
@@ -279,10 +295,12 @@ def make_evaluation(recipe: Recipe, generator: Generator) -> EvalFn | None:
     prompts = read_prompts(ev.prompts, ev.n_prompts, seed=ev.seed)
     scorers = {name: load_scorer(card) for name, card in (("score", ev.scorer), ("judge", ev.judge)) if card is not None}
 
-    def evaluate(step: int) -> dict[str, float]:
+    def evaluate(step: int) -> dict[str, Any]:
         kw = {} if ev.steps is None else {"steps": ev.steps}
         media = generator.sample(prompts, n=1, seed=ev.seed, progress=False, **kw)
-        out = {name: float(s.score(media, prompts).float().mean()) for name, s in scorers.items()}
+        items = {name: s.score(media, prompts).float().cpu() for name, s in scorers.items()}
+        out: dict[str, Any] = {name: float(v.mean()) for name, v in items.items()}
+        out["items"] = {name: v.tolist() for name, v in items.items()}
         if "judge" in scorers:
             out.update({f"judge/{k}": float(v) for k, v in scorers["judge"].details(media, prompts).items()})
         return out
@@ -348,7 +366,31 @@ def add_lora(recipe: Recipe, adapter: DiffusionAdapter) -> Any:
         raise ConfigError(f"recipe lora.targets {targets}: {e}; name modules of the denoiser") from e
     for name, p in denoiser.named_parameters():
         p.requires_grad_("lora_" in name)
+    if recipe.lora.init_from is not None:
+        load_initial_lora(recipe.lora.init_from, denoiser, getattr(adapter, "gen", None))
     return cfg
+
+
+def load_initial_lora(source: str, denoiser: torch.nn.Module, generator: Any) -> None:
+    """Copy the A and B matrices of the LoRA at ``source`` into the injected ``default`` adapter (``lora.init_from``)."""
+    from mmalign.generators.lora import check_lora, read_lora
+
+    state = read_lora(source, family=getattr(generator, "family", None))
+    check_lora(state, denoiser)
+    modules = dict(denoiser.named_modules())
+    with torch.no_grad():
+        for path, layer in state.layers.items():
+            module = modules[path]
+            if "default" not in getattr(module, "lora_A", {}):
+                raise ConfigError(f"lora.init_from {source}: its layer {path} is not among this recipe's LoRA targets "
+                                  f"{sorted(state.layers)[:3]}...; set lora.targets to the LoRA's modules")
+            a, b = module.lora_A["default"].weight, module.lora_B["default"].weight
+            if a.shape != layer.A.shape or not math.isclose(module.scaling["default"], layer.alpha / layer.rank, rel_tol=1e-6):
+                raise ConfigError(f"lora.init_from {source}: layer {path} has rank {layer.rank} and α {layer.alpha:g}, this "
+                                  f"recipe's LoRA rank {a.shape[0]} and scaling {module.scaling['default']:g}; set "
+                                  "lora.rank and lora.alpha to the LoRA's")
+            a.copy_(layer.A.to(a))
+            b.copy_(layer.B.to(b))
 
 
 def make_optimizer(recipe: Recipe, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
@@ -408,7 +450,14 @@ class Trainer:
         r = self.recipe
         cpu = r.device == "cpu" or (r.device == "auto" and not torch.cuda.is_available())
         check_runtime(r, torch.device("cpu" if cpu else "cuda"))
-        self.accelerator = Accelerator(mixed_precision=r.mixed_precision, cpu=cpu)
+        # CUDA: accelerate's autocast (and fp16's grad scaler); a CPU's precision is set up below, without it
+        amp = "no" if cpu else dtype_name(compute_dtype(r, torch.device("cuda"))).replace("fp32", "no")
+        try:
+            self.accelerator = Accelerator(mixed_precision=amp, cpu=cpu)
+        except RuntimeError as exc:  # e.g. an FSDP / DeepSpeed accelerate config on a machine without accelerators
+            raise ConfigError(f"accelerate could not start this run: {exc} FSDP and DeepSpeed (accelerate launch "
+                              "--use_fsdp / --use_deepspeed or an accelerate config) need GPUs (or other accelerators); "
+                              "on CPUs launch plain data parallel: accelerate launch --multi_gpu --num_processes N") from exc
         self.device = self.accelerator.device
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
 
@@ -451,6 +500,20 @@ class Trainer:
         self.params = {n: p for n, p in denoiser.named_parameters() if p.requires_grad}
         for p in self.params.values():  # trainable parameters in fp32 (diffusers cast_training_params)
             p.data = p.data.float()
+        self.dtype = compute_dtype(r, self.device, denoiser)
+        self.autocast: Callable[[], Any] = self.accelerator.autocast
+        self.compute_params: dict[str, torch.nn.Parameter] = {}  # the model's low-precision copies of self.params
+        if cpu and self.dtype != torch.float32:
+            if r.finetune == "lora":  # everything computes in bf16, the optimizer updates fp32 masters
+                self.compute_params = self.params
+                self.params = {n: torch.nn.Parameter(p.detach().clone()) for n, p in self.params.items()}
+                cast_weights(denoiser, self.dtype, scalars=True)
+                for module in self.adapter.encoders().values():
+                    if module is not None:  # None: released; the encoders in bf16 too, for held-out sampling
+                        cast_weights(module, self.dtype)
+            else:  # fp32 weights are the trained ones: bf16 only inside the forward
+                dtype = self.dtype
+                self.autocast = lambda: torch.autocast("cpu", dtype=dtype)
         if self.world > 1:  # DDP (or the accelerate config's FSDP / DeepSpeed): gradients averaged in backward
             self.adapter.forward_module = self.accelerator.prepare_model(denoiser)
         lr = r.lr * (r.batch_size * r.grad_accum * self.world if r.scale_lr else 1)
@@ -481,6 +544,7 @@ class Trainer:
         with torch.no_grad():
             for name, p in self.params.items():
                 p.copy_(weights[name].to(p))
+        self._masters_to_model()
         self.optimizer.load_state_dict(opt_state)
         self.scheduler.load_state_dict(sched_state)
         known = {f for f in TrainState.__dataclass_fields__}
@@ -488,6 +552,21 @@ class Trainer:
         return path
 
     # --- 3. step
+
+    def _grads_to_masters(self) -> None:
+        """bf16 LoRA on a CPU: add the model copies' gradients to the fp32 masters' (accumulated in fp32)."""
+        for name, p in self.compute_params.items():
+            if p.grad is not None:
+                master = self.params[name]
+                master.grad = p.grad.float() if master.grad is None else master.grad + p.grad.float()
+                p.grad = None
+
+    def _masters_to_model(self) -> None:
+        """Copy the fp32 masters into the model's bf16 copies (once per step: a LoRA's few parameters;
+        Micikevicius et al. 2018, "Mixed Precision Training", §3.1)."""
+        with torch.no_grad():
+            for name, p in self.compute_params.items():
+                p.copy_(self.params[name])
 
     def step(self) -> dict[str, float]:
         """One optimizer step (``grad_accum`` micro-batches per process); returns its metrics."""
@@ -502,13 +581,14 @@ class Trainer:
             with owned_rng(_dropout_seed(gen), self.device), \
                     (contextlib.nullcontext() if sync else self.accelerator.no_sync(self.adapter.forward_module)):
                 loss, metrics = compute_loss(r, self.adapter, self.data, index, gen, self.device, self.reference,
-                                             self.accelerator.autocast, part=(self.rank, self.world))
+                                             self.autocast, part=(self.rank, self.world))
                 if not torch.isfinite(loss):
                     raise CheckpointError(
                         f"non-finite loss ({float(loss.detach())}) at step {st.step + 1}, micro-step {micro}; stopped "
                         f"before the update. Last good checkpoint: {latest_checkpoint(self.ckpt_root) or 'none yet'}. "
                         f"Lower lr/beta, use bf16 instead of fp16, or check the data, then resume with --resume")
                 self.accelerator.backward(loss / r.grad_accum)
+            self._grads_to_masters()
             parts.append(metrics)
         params = list(self.params.values())
         if r.max_grad_norm is not None:
@@ -522,9 +602,10 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self._masters_to_model()
         st.step += 1
         metrics = _mean_metrics(parts)
-        metrics.update(step=st.step, grad_norm=grad_norm, lr=self.scheduler.get_last_lr()[0])
+        metrics.update(step=st.step, grad_norm=grad_norm, lr=self.scheduler.get_last_lr()[0], precision=dtype_name(self.dtype))
         if "reward_margin" in metrics:
             st.margins.append(metrics["reward_margin"])
         return metrics
@@ -539,8 +620,11 @@ class Trainer:
         with torch.no_grad():
             metrics = self.eval_fn(st.step)
         denoiser.train()
+        hacking = self._guard(metrics)
         st.eval_history.append({"step": st.step, **metrics})
         self.log.write({"step": st.step, **{f"eval/{k}": v for k, v in metrics.items()}})
+        if hacking:
+            return "reward_hacking"
         es = r.eval.early_stopping
         if es is not None:
             if es.metric not in metrics:
@@ -561,6 +645,45 @@ class Trainer:
             return "reward_margin"
         st.margins = []
         return None
+
+    def _guard(self, metrics: dict[str, Any]) -> bool:
+        """The reward-hacking guard (``eval.guard``): pops ``metrics["items"]``, adds ``guard/*`` metrics and
+        a flag when the proxy rose while the judge fell (vs step 0). True: stop (``guard.stop``), with the
+        weights of the last unflagged evaluation restored."""
+        from safetensors.torch import load_file, save_file
+
+        from mmalign.align.guard import divergence
+
+        guard, st = self.recipe.eval.guard, self.state
+        items = metrics.pop("items", None)
+        if guard is None or not items or not {"score", "judge"} <= items.keys():
+            return False
+        snapshot = self.out / "unflagged.safetensors"
+        if st.reference_items is None and st.step == 0:
+            st.reference_items = items
+            flagged = False
+        elif st.reference_items is None:  # resumed from a run without a step-0 evaluation: nothing to compare with
+            return False
+        else:
+            d = divergence(st.reference_items, items, guard, st.step, seed=self.recipe.seed)
+            flagged = d["flagged"]
+            metrics.update({"guard/proxy_delta": d["proxy"][0], "guard/judge_delta": d["judge"][0], "guard/flagged": float(flagged)})
+        if not flagged:
+            if guard.stop and self.accelerator.is_main_process:
+                tensors = _cpu_tensors(self.params)
+                atomic_write(snapshot, lambda tmp: save_file(tensors, str(tmp)))
+            return False
+        st.flags.append({k: d[k] for k in ("step", "proxy", "judge", "message")})
+        tqdm.write(f"warning: {d['message']}")
+        if not guard.stop:
+            return False
+        self.accelerator.wait_for_everyone()
+        kept = load_file(str(snapshot))
+        with torch.no_grad():
+            for k, p in self.params.items():
+                p.copy_(kept[k].to(p))
+        st.best_step = None  # the restored weights are final; no early-stopping swap
+        return True
 
     # --- 5. save
 
@@ -590,6 +713,8 @@ class Trainer:
             with torch.no_grad():
                 for k, p in self.params.items():
                     p.copy_(best[k].to(p))
+        for name, p in self.compute_params.items():  # the model ends with the fp32 masters (saved exactly)
+            p.data = self.params[name].detach().clone()
         final = self.out / "final"
         if not self.accelerator.is_main_process:
             return final
@@ -603,7 +728,8 @@ class Trainer:
                 state = lora_from_model(denoiser, "default", family=getattr(generator, "family", None),
                                         prefix=getattr(generator, "denoiser_name", "unet"))
                 write_lora_files(tmp, state, {"base": recipe.generator, "method": recipe.method,
-                                              "steps": self.state.step, "recipe": "recipe.yaml"})
+                                              "steps": self.state.step, "recipe": "recipe.yaml",
+                                              "precision": dtype_name(self.dtype)})
             elif hasattr(generator, "save_pretrained"):
                 generator.save_pretrained(tmp)
             else:
@@ -648,7 +774,8 @@ class Trainer:
         bar.close()
         final = self.finish()
         self.log.close()
-        return TrainResult(self.out, final, self.state.step, stopped, self.state.best_step, last, self.state.eval_history)
+        return TrainResult(self.out, final, self.state.step, stopped, self.state.best_step, last, self.state.eval_history,
+                           self.state.flags, dtype_name(self.dtype))
 
 
 def train(

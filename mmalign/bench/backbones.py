@@ -8,20 +8,33 @@ carries the preprocessing of Vchitect/VBench@45e79ec (``vbench/utils.py``: ``ini
 
 * ``dino-vitb16`` — DINO ViT-B/16 CLS token via timm; ``dino_transform(224)``: Resize(224, bilinear,
   antialias=False) on float 0–255, no crop, /255, ImageNet normalisation;
-* ``clip-vitb32`` — OpenAI CLIP ViT-B/32 via open_clip; ``clip_transform(224)``: Resize(224, bicubic,
-  antialias=False), CenterCrop(224), /255, CLIP normalisation (fp32 on CPU; VBench uses fp16 on CUDA);
-* ``laion-aesthetic`` — CLIP ViT-L/14 + LAION linear head, score = Linear(normalize(emb))/10
-  (``vbench/aesthetic_quality.py``);
-* ``musiq-spaq`` — MUSIQ via pyiqa if installed, preprocessing mode ``longer`` (``vbench/imaging_quality.py``);
-* ``raft-large`` / ``raft-small`` — torchvision RAFT, iters 20, sintel padding to ×8 (``vbench/dynamic_degree.py``);
+* ``clip-vitb32`` — OpenAI CLIP ViT-B/32 from VBench's TorchScript archive ``clip_model/ViT-B-32.pt``
+  through open_clip's OpenAI loader; ``clip_transform(224)``: Resize(224, bicubic, antialias=False),
+  CenterCrop(224), /255, CLIP normalisation (``dtype`` fp32 by default; VBench uses fp16 on CUDA);
+* ``laion-aesthetic`` — CLIP ViT-L/14 (``clip_model/ViT-L-14.pt``) + LAION linear head,
+  score = Linear(normalize(emb))/10 (``vbench/aesthetic_quality.py``);
+* ``musiq-spaq`` — MUSIQ (:mod:`mmalign.bench.musiq`, pyiqa's architecture without pyiqa), preprocessing
+  mode ``longer`` (``vbench/imaging_quality.py``);
+* ``raft-things`` — VBench's ``raft_model/models/raft-things.pth`` (princeton-vl/RAFT layout) mapped
+  onto torchvision's RAFT-large (:func:`raft_things_to_torchvision`), iters 20, sintel padding to ×8
+  (``vbench/dynamic_degree.py``, ``vbench/cli/static_filter.py``);
+* ``raft-large`` / ``raft-small`` — torchvision's own RAFT weights, labelled substitutes;
 * ``horn-schunck`` — a *classical fallback* flow (Horn & Schunck 1981), labelled as such in results;
 * ``linear-interp`` — a *classical fallback* interpolator for motion_smoothness (the mean of the two
-  neighbours, truncated like AMT's output), labelled as such; ``amt-s`` (AMT-S) is not bundled;
+  neighbours, truncated like AMT's output), labelled as such; VBench's AMT-S is ``amt-s``
+  (:mod:`mmalign.bench.amt`), its UMT ``umt`` (:mod:`mmalign.bench.action`), its ViCLIP ``viclip``
+  (:mod:`mmalign.bench.viclip`); ``owlv2`` (:mod:`mmalign.bench.detectors`) substitutes for GRiT;
 * ``pixels`` — an 8×8 pixel-space feature, the labelled stand-in when no learned model is shipped.
 
 Weights are read from disk only, in VBench's cache layout under ``weights_dir`` (``$VBENCH_CACHE_DIR``
-or ``~/.cache/vbench`` by default). A missing file or package raises :class:`BackboneMissing`, which
-the runner turns into a "backbone missing" result for the dimensions that need it — never a number.
+or ``~/.cache/vbench`` by default). A missing file or package raises :class:`BackboneMissing`; the
+runner turns it, and any other load failure (a corrupt file, a wrong format), into an "unavailable"
+result with the reason for the dimensions that need it — never a number, never an aborted run.
+
+Every backbone says where its numbers come from: ``origin`` is ``"vbench"`` for VBench's own model
+with VBench's weights, ``"substitute"`` for anything else (another model for the same role, a
+classical fallback, a stand-in); :attr:`Backbone.label` (``"vbench:clip-vitb32"``) is what results,
+reports and leaderboards print, and a substitute's number is not comparable with VBench's leaderboard.
 """
 
 from __future__ import annotations
@@ -55,6 +68,9 @@ class LoadContext:
     weights_dir: Path
     device: torch.device
     batch_size: int = 32
+    # compute dtype of the transformer backbones (CLIP, DINO, ViCLIP, UMT, OWLv2, BLIP); outputs are fp32,
+    # and the flow (RAFT), interpolation (AMT-S) and IQA (MUSIQ) networks stay fp32, as in VBench
+    dtype: torch.dtype = torch.float32
 
 
 def default_weights_dir() -> Path:
@@ -91,13 +107,19 @@ def clip_transform(frames: torch.Tensor, size: int = 224) -> torch.Tensor:
 
 @dataclass
 class Backbone:
-    """Base: ``name``, ``kind`` (what the runner asks of it) and a ``note`` that reports must show
-    (e.g. "classical fallback")."""
+    """Base: ``name``, ``kind`` (what the runner asks of it), a ``note`` that reports must show
+    (e.g. "classical fallback") and its ``origin`` (``"vbench"`` or ``"substitute"``)."""
 
     kind: ClassVar[str] = "image"
     name: str
     note: str = field(default="", kw_only=True)
     batch_size: int = field(default=32, kw_only=True)
+    origin: str = field(default="substitute", kw_only=True)
+
+    @property
+    def label(self) -> str:
+        """``"vbench:<name>"`` or ``"substitute:<name>"``: printed next to every number this backbone makes."""
+        return f"{self.origin}:{self.name}"
 
 
 @dataclass
@@ -108,13 +130,14 @@ class FeatureBackbone(Backbone):
     preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None
     text_model: Callable[[list[str]], torch.Tensor] | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
 
     def features(self, frames: torch.Tensor) -> torch.Tensor:
         out = []
         with torch.no_grad():
             for i in range(0, frames.shape[0], self.batch_size):
-                x = self.preprocess(frames[i : i + self.batch_size].float())  # [b, 3, h, w]
-                out.append(self.model(x.to(self.device)).float().cpu())
+                x = self.preprocess(frames[i : i + self.batch_size].float())  # [b, 3, h, w] fp32
+                out.append(self.model(x.to(self.device, self.dtype)).float().cpu())
         return torch.cat(out) if out else torch.zeros(0, 1)
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
@@ -209,19 +232,29 @@ def dino_backbone_from_model(model: torch.nn.Module, name: str = "dino-vitb16", 
     return FeatureBackbone(name, model=model, preprocess=preprocess, **kw)
 
 
+def load_dino(path: Path) -> torch.nn.Module:
+    """A DINO ViT (facebookresearch/dino ``vision_transformer.py``: CLS token, learned positions, pre-norm
+    blocks with qkv bias, LayerNorm eps 1e-6) as a timm ``VisionTransformer`` — the same parameter names —
+    sized from the checkpoint (ViT-B/16 for VBench's ``dino_vitbase16_pretrain.pth``), CLS features."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.get("teacher", state).items()}
+    dim, patch = state["cls_token"].shape[-1], state["patch_embed.proj.weight"].shape[-1]
+    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    grid = round((state["pos_embed"].shape[1] - 1) ** 0.5)
+    model = VisionTransformer(img_size=grid * patch, patch_size=patch, embed_dim=dim, depth=depth, num_heads=dim // 64,
+                              mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / dim, num_classes=0,
+                              dynamic_img_size=True)
+    model.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")}, strict=True)
+    return model.eval()
+
+
 @register_backbone("dino-vitb16")
 def _dino(ctx: LoadContext) -> Backbone:
-    import timm
-
-    path = _need_file(ctx, "dino_model/dino_vitbase16_pretrain.pth", "DINO ViT-B/16")
-    model = timm.create_model(
-        "vit_base_patch16_224.dino",
-        pretrained=True,
-        num_classes=0,
-        dynamic_img_size=True,
-        pretrained_cfg_overlay={"file": str(path)},
-    )
-    return dino_backbone_from_model(model.to(ctx.device), device=ctx.device, batch_size=ctx.batch_size)
+    model = load_dino(_need_file(ctx, "dino_model/dino_vitbase16_pretrain.pth", "DINO ViT-B/16"))
+    return dino_backbone_from_model(model.to(ctx.device, ctx.dtype), device=ctx.device, dtype=ctx.dtype,
+                                    batch_size=ctx.batch_size, origin="vbench")
 
 
 def clip_backbone_from_model(model, tokenizer=None, name: str = "clip-vitb32", **kw) -> FeatureBackbone:
@@ -230,26 +263,38 @@ def clip_backbone_from_model(model, tokenizer=None, name: str = "clip-vitb32", *
     device = kw.get("device", torch.device("cpu"))
 
     def image(x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(model.encode_image(x), dim=-1)
+        return F.normalize(model.encode_image(x).float(), dim=-1)
 
     def text(texts: list[str]) -> torch.Tensor:
-        return F.normalize(model.encode_text(tokenizer(texts).to(device)), dim=-1)
+        return F.normalize(model.encode_text(tokenizer(texts).to(device)).float(), dim=-1)
 
     return FeatureBackbone(name, model=image, preprocess=clip_transform, text_model=text if tokenizer else None, **kw)
 
 
-def _open_clip(ctx: LoadContext, arch: str, rel: str, what: str):
-    import open_clip
+_PRECISION = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
-    path = _need_file(ctx, rel, what)
-    model = open_clip.create_model(arch, pretrained=str(path), device=ctx.device)
-    return model, open_clip.get_tokenizer(arch)
+
+def load_openai_clip(path: Path, device: torch.device, dtype: torch.dtype = torch.float32):
+    """An OpenAI CLIP from ``path`` as VBench has it: OpenAI's TorchScript archive (``clip.load``'s
+    ``ViT-B-32.pt``) or a plain OpenAI-layout state dict, through open_clip's OpenAI loader
+    (``open_clip.load_openai_model``, which rebuilds a non-JIT model from the archive's state dict)."""
+    from open_clip import load_openai_model
+
+    return load_openai_model(str(path), precision=_PRECISION[dtype], device=device)
+
+
+def _openai_clip(ctx: LoadContext, rel: str, what: str):
+    return load_openai_clip(_need_file(ctx, rel, what), ctx.device, ctx.dtype)
 
 
 @register_backbone("clip-vitb32")
 def _clip_b32(ctx: LoadContext) -> Backbone:
-    model, tok = _open_clip(ctx, "ViT-B-32-quickgelu", "clip_model/ViT-B-32.pt", "CLIP ViT-B/32")
-    return clip_backbone_from_model(model, tok, device=ctx.device, batch_size=ctx.batch_size)
+    import open_clip
+
+    model = _openai_clip(ctx, "clip_model/ViT-B-32.pt", "CLIP ViT-B/32")
+    tok = open_clip.get_tokenizer("ViT-B-32-quickgelu")  # OpenAI's BPE, context 77
+    return clip_backbone_from_model(model, tok, device=ctx.device, dtype=ctx.dtype, batch_size=ctx.batch_size,
+                                    origin="vbench")
 
 
 def aesthetic_backbone_from_model(model, head: torch.nn.Linear, name: str = "laion-aesthetic", **kw) -> ScoreBackbone:
@@ -257,10 +302,11 @@ def aesthetic_backbone_from_model(model, head: torch.nn.Linear, name: str = "lai
     model.eval()
     head.eval()
     device = kw.pop("device", torch.device("cpu"))
+    dtype = kw.pop("dtype", torch.float32)
 
     def score(frames: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            emb = model.encode_image(clip_transform(frames.float()).to(device)).float()
+            emb = model.encode_image(clip_transform(frames.float()).to(device, dtype)).float()
             return head(F.normalize(emb, dim=-1)).squeeze(-1) / 10.0
 
     return ScoreBackbone(name, score_fn=score, **kw)
@@ -269,11 +315,13 @@ def aesthetic_backbone_from_model(model, head: torch.nn.Linear, name: str = "lai
 @register_backbone("laion-aesthetic")
 def _aesthetic(ctx: LoadContext) -> Backbone:
     # A thin wrapper of our own (the scorer package's aesthetic scorer, if any, uses its own card).
-    model, _ = _open_clip(ctx, "ViT-L-14-quickgelu", "clip_model/ViT-L-14.pt", "CLIP ViT-L/14")
     head_path = _need_file(ctx, "aesthetic_model/emb_reader/sa_0_4_vit_l_14_linear.pth", "LAION aesthetic head")
-    head = torch.nn.Linear(768, 1)
-    head.load_state_dict(torch.load(head_path, map_location="cpu", weights_only=True))
-    return aesthetic_backbone_from_model(model, head.to(ctx.device), device=ctx.device, batch_size=ctx.batch_size)
+    model = _openai_clip(ctx, "clip_model/ViT-L-14.pt", "CLIP ViT-L/14")
+    state = torch.load(head_path, map_location="cpu", weights_only=True)
+    head = torch.nn.Linear(state["weight"].shape[1], 1)  # 768 for ViT-L/14
+    head.load_state_dict(state)
+    return aesthetic_backbone_from_model(model, head.to(ctx.device), device=ctx.device, dtype=ctx.dtype,
+                                         batch_size=ctx.batch_size, origin="vbench")
 
 
 def musiq_preprocess(frame: torch.Tensor, mode: str = "longer") -> torch.Tensor:
@@ -287,22 +335,6 @@ def musiq_preprocess(frame: torch.Tensor, mode: str = "longer") -> torch.Tensor:
         s = 512 / min(h, w)
         x = TF.resize(x, [int(s * h), int(s * w)], antialias=False)
     return x / 255.0
-
-
-@register_backbone("musiq-spaq")
-def _musiq(ctx: LoadContext) -> Backbone:
-    try:
-        import pyiqa  # type: ignore[import-not-found]
-    except ImportError as err:
-        raise BackboneMissing("MUSIQ (imaging_quality) needs pyiqa: pip install pyiqa") from err
-    path = _need_file(ctx, "pyiqa_model/musiq_spaq_ckpt-358bb6af.pth", "MUSIQ-SPAQ")
-    metric = pyiqa.create_metric("musiq-spaq", pretrained_model_path=str(path), device=ctx.device, as_loss=False)
-
-    def score(frames: torch.Tensor) -> torch.Tensor:  # one frame per call, as VBench
-        with torch.no_grad():
-            return torch.stack([metric(musiq_preprocess(f)[None].to(ctx.device)).reshape(()) for f in frames])
-
-    return ScoreBackbone("musiq-spaq", score_fn=score, batch_size=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,19 +357,83 @@ def raft_backbone_from_model(model: torch.nn.Module, name: str, iters: int = 20,
     def flow(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         a = sintel_pad(2 * (a / 255.0) - 1).to(device)
         b = sintel_pad(2 * (b / 255.0) - 1).to(device)
+        if min(a.shape[-2:]) < 128:  # torchvision's correlation pyramid needs 16 feature rows at 1/8 scale
+            raise InputError(f"{name}: torchvision's RAFT needs frames of at least 128x128 px (padded: "
+                             f"{a.shape[-2]}x{a.shape[-1]}); this video is too small for dynamic_degree")
         return model(a, b, num_flow_updates=iters)[-1]
 
     return FlowBackbone(name, flow_fn=flow, **kw)
+
+
+#: princeton-vl/RAFT (``core/extractor.py``, ``core/update.py``; VBench ``third_party/RAFT``) module name
+#: -> torchvision ``models/optical_flow/raft.py`` module name, matched on whole dotted components
+_RAFT_RENAMES: tuple[tuple[str, str], ...] = (
+    (r"^fnet\.", "feature_encoder."),
+    (r"^cnet\.", "context_encoder."),
+    (r"_encoder\.conv1\.", "_encoder.convnormrelu.0."),
+    (r"_encoder\.norm1\.", "_encoder.convnormrelu.1."),
+    (r"_encoder\.conv2\.", "_encoder.conv."),
+    (r"(layer\d\.\d)\.conv([12])\.", r"\1.convnormrelu\2.0."),
+    (r"(layer\d\.\d)\.norm([12])\.", r"\1.convnormrelu\2.1."),
+    (r"^update_block\.encoder\.convc([12])\.", r"update_block.motion_encoder.convcorr\1.0."),
+    (r"^update_block\.encoder\.convf([12])\.", r"update_block.motion_encoder.convflow\1.0."),
+    (r"^update_block\.encoder\.conv\.", "update_block.motion_encoder.conv.0."),
+    (r"^update_block\.gru\.conv([zrq])([12])\.", r"update_block.recurrent_block.convgru\2.conv\1."),
+    (r"^update_block\.mask\.0\.", "mask_predictor.convrelu.0."),
+    (r"^update_block\.mask\.2\.", "mask_predictor.conv."),
+)
+
+
+def raft_things_to_torchvision(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map a princeton-vl/RAFT (full model) state dict, e.g. VBench's ``raft-things.pth``, onto
+    torchvision's ``raft_large`` keys.
+
+    The checkpoint was saved from ``nn.DataParallel`` (``module.`` prefix, stripped here). The
+    architectures are the same network: encoders' ``conv1/norm1/conv2`` are torchvision's
+    ``convnormrelu.{0,1}`` and ``conv``; residual blocks' ``conv{k}/norm{k}`` are ``convnormrelu{k}.{0,1}``
+    and their ``norm3`` is the module also registered as ``downsample.1`` (a duplicate, dropped);
+    the motion encoder's ``convc/convf/conv`` are ``convcorr/convflow/conv``; the separable GRU's
+    ``conv{z,r,q}{1,2}`` are ``convgru{1,2}.conv{z,r,q}``; the mask head ``mask.{0,2}`` is
+    ``mask_predictor.{convrelu.0,conv}`` (both scale it by 0.25).
+    """
+    import re
+
+    out = {}
+    for key, value in state.items():
+        k = key[len("module."):] if key.startswith("module.") else key
+        if re.search(r"layer\d\.\d\.norm3\.", k):
+            continue
+        for pattern, repl in _RAFT_RENAMES:
+            k = re.sub(pattern, repl, k)
+        out[k] = value
+    return out
+
+
+def load_raft_things(path: Path) -> torch.nn.Module:
+    """torchvision RAFT-large with the weights of a princeton-vl/RAFT checkpoint (``raft-things.pth``)."""
+    from torchvision.models.optical_flow import raft_large
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = raft_large(weights=None)
+    model.load_state_dict(raft_things_to_torchvision(state), strict=True)
+    return model
+
+
+@register_backbone("raft-things")
+def _raft_things(ctx: LoadContext) -> Backbone:
+    path = _need_file(ctx, "raft_model/models/raft-things.pth", "RAFT (raft-things)")
+    return raft_backbone_from_model(load_raft_things(path).to(ctx.device), "raft-things", device=ctx.device,
+                                    batch_size=ctx.batch_size, origin="vbench")
 
 
 def _raft(ctx: LoadContext, small: bool) -> Backbone:
     from torchvision.models.optical_flow import raft_large, raft_small
 
     rel = "raft_model/raft_small_C_T_V2-01064c6d.pth" if small else "raft_model/raft_large_C_T_SKHT_V2-ff5fadd5.pth"
-    path = _need_file(ctx, rel, "torchvision RAFT (VBench's raft-things.pth uses the Princeton layout, not loadable here)")
+    path = _need_file(ctx, rel, "torchvision RAFT")
     model = (raft_small if small else raft_large)(weights=None)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    note = "torchvision RAFT weights (VBench uses Princeton raft-things; numbers are close, not identical)"
+    note = "torchvision RAFT weights (VBench uses raft-things; numbers are close, not identical)"
     return raft_backbone_from_model(model.to(ctx.device), "raft-small" if small else "raft-large", note=note, device=ctx.device)
 
 
@@ -407,15 +503,6 @@ def linear_midpoint(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _linear(ctx: LoadContext) -> Backbone:
     note = "classical fallback (linear interpolation), not AMT-S"
     return InterpBackbone("linear-interp", interp_fn=linear_midpoint, note=note)
-
-
-@register_backbone("amt-s")
-def _amt(ctx: LoadContext) -> Backbone:
-    raise BackboneMissing(
-        "AMT-S (motion_smoothness) is not bundled; register yours under another name with "
-        "mmalign.bench.backbones.register_backbone('my-amt') and put it first for the 'interp' role "
-        "(run_benchmark(..., backbones={'interp': ['my-amt']})), or use the labelled 'linear-interp' fallback"
-    )
 
 
 def pixel_features(x: torch.Tensor, size: int = 8) -> torch.Tensor:

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from mmalign.bench import formulas as fm
-from mmalign.bench.detectors import Detection
+from mmalign.bench.action import action_correct
+from mmalign.bench.detectors import COCO_CLASSES, Detection
 from mmalign.errors import ConfigError
 from mmalign.registry import Registry
 
@@ -74,15 +75,17 @@ class VideoInputs(Protocol):
 
     def text_features(self, role: str, texts: list[str]) -> torch.Tensor: ...  # [N, D]
 
-    def flow(self, role: str, s: Sampling, wrap: bool = False) -> torch.Tensor: ...  # [P, H', W'] magnitudes
+    def video_features(self, role: str, s: Sampling) -> torch.Tensor: ...  # [D], one normalised embedding per video
+
+    def flow(self, role: str, s: Sampling) -> torch.Tensor: ...  # [P, H', W'] magnitudes of consecutive pairs
 
     def midpoints(self, role: str) -> torch.Tensor: ...  # uint8 [P, 3, H, W], predictions of odd frames
 
-    def detections(self, role: str, s: Sampling) -> list[list[Detection]]: ...
+    def detections(self, role: str, s: Sampling, queries: list[tuple[str, str]] | None = None) -> list[list[Detection]]: ...
+
+    def classify(self, role: str, s: Sampling) -> tuple[torch.Tensor, tuple[str, ...]]: ...  # video logits [C], names
 
     def oracle(self) -> dict[str, Any]: ...  # synthetic world: {"skills", "faithfulness", "quality"}
-
-    def has(self, role: str) -> bool: ...
 
 
 class Dimension:
@@ -90,7 +93,6 @@ class Dimension:
 
     group: ClassVar[str] = "quality"  # quality | semantic | extra
     roles: ClassVar[tuple[str, ...]] = ()  # backbone roles required
-    optional_roles: ClassVar[tuple[str, ...]] = ()  # used when available
     sampling: ClassVar[Sampling] = ALL
     higher_is_better: ClassVar[bool] = True
 
@@ -154,38 +156,15 @@ class BackgroundConsistency(_Consistency):
 
 @DIMENSIONS.register("temporal_flickering")
 class TemporalFlickering(Dimension):
-    """``temporal_flickering.py``: (255 − mean MAE)/255 over *static* videos (``static_filter.py``,
-    which needs a flow backbone).
+    """``temporal_flickering.py``: (255 − mean MAE)/255 per video, mean over the videos it is given.
 
-    VBench keeps the first ``keep_per_prompt`` (5) static videos per prompt (by file index). Without
-    a flow backbone every video counts and the record says ``static_filter: "skipped"``.
+    VBench meant it for static videos and selects them in a separate preprocessing step
+    (``vbench/cli/static_filter.py``); here that step is :func:`mmalign.bench.static_filter.static_filter`
+    (``mmalign bench static-filter``), never applied silently inside the dimension.
     """
 
-    optional_roles = ("flow",)
-    keep_per_prompt: ClassVar[int] = 5
-
     def measure(self, v: VideoInputs) -> dict[str, Any]:
-        value = fm.temporal_flickering(v.frames(ALL))
-        rec: dict[str, Any] = {"video_results": value}
-        if v.has("flow") and v.num_frames >= 2:
-            mags = v.flow("flow", ALL, wrap=True)  # [F-1 + 2, H', W']
-            scores = [fm.top_fraction_mean(m, 0.02) for m in mags]
-            d = fm.is_static(scores[:-2], scores[-2:], v.height, v.width, v.num_frames)
-            rec.update(static=d.static, static_filter="applied")
-        else:
-            rec.update(static=True, static_filter="skipped")
-        rec.update(num=value if rec["static"] else 0.0, den=1.0 if rec["static"] else 0.0)
-        return rec
-
-    def aggregate(self, records: list[dict[str, Any]]) -> float | None:
-        by_prompt: dict[str, list[tuple[int, dict]]] = {}
-        for r in records:
-            by_prompt.setdefault(r.get("prompt", ""), []).append((int(r.get("index", 0)), r))
-        kept = []
-        for items in by_prompt.values():
-            static = [r for _, r in sorted(items, key=lambda t: t[0]) if r.get("static", True)]
-            kept += static[: self.keep_per_prompt]
-        return super().aggregate(kept)
+        return self._mean(fm.temporal_flickering(v.frames(ALL)))
 
 
 @DIMENSIONS.register("motion_smoothness")
@@ -248,11 +227,21 @@ def _labels(dets: list[Detection]) -> set[str]:
 
 
 class _Detections(Dimension):
-    """A semantic dimension on the detections (or captions) of VBench's 16 'middle' frames."""
+    """A semantic dimension on the detections (or captions) of VBench's 16 'middle' frames.
+
+    :meth:`queries` is the vocabulary an open-vocabulary substitute is asked for (GRiT's ObjectDet
+    answers with COCO class names); a closed-set detector ignores it.
+    """
 
     group = "semantic"
     roles = ("detector",)
     sampling = MIDDLE16
+
+    def queries(self, v: VideoInputs) -> list[tuple[str, str]]:
+        return [(c, c) for c in COCO_CLASSES]
+
+    def _detections(self, v: VideoInputs) -> list[list[Detection]]:
+        return v.detections(self.roles[0], self.sampling, self.queries(v))
 
 
 @DIMENSIONS.register("object_class")
@@ -263,7 +252,7 @@ class ObjectClass(_Detections):
         return [v.aux["object"]]
 
     def measure(self, v: VideoInputs) -> dict[str, Any]:
-        frames = v.detections("detector", self.sampling)
+        frames = self._detections(v)
         want = self.targets(v)
         ok = sum(all(t in _labels(d) for t in want) for d in frames)
         return {"video_results": ok / len(frames), "success_frame_count": ok, "frame_count": len(frames),
@@ -283,13 +272,19 @@ class Color(_Detections):
     """``color.py``: DenseCap captions; color_frames / object_frames per video (videos with ≥1 object frame).
 
     Keeps VBench's ``det_obj[0]`` quirk: every instance is paired with the frame's *first* class.
+    An open-vocabulary substitute is asked for "<colour> <object>" for every colour word: its
+    detections of the object carry the colour phrase as their caption.
     """
+
+    def queries(self, v: VideoInputs) -> list[tuple[str, str]]:
+        key = fm.color_object_key(v.prompt, v.aux["color"])
+        return [(key, f"{c} {key}") for c in fm.COLOR_WORDS]
 
     def measure(self, v: VideoInputs) -> dict[str, Any] | None:
         color = v.aux["color"]
         key = fm.color_object_key(v.prompt, color)
         obj_frames = color_frames = 0
-        for dets in v.detections("detector", self.sampling):
+        for dets in self._detections(v):
             first = dets[0].label if dets else None
             hits = [d for d in dets if first == key and any(c in d.caption for c in fm.COLOR_WORDS)]
             if hits:
@@ -309,7 +304,7 @@ class SpatialRelationship(_Detections):
         info = v.aux["spatial_relationship"]
         names = {info["object_a"], info["object_b"]}
         frame_scores = []
-        for dets in v.detections("detector", self.sampling):
+        for dets in self._detections(v):
             kept = [d for d in dets if d.label in names]
             pairs = [fm.spatial_pair_score(a.box, b.box, info["relationship"]) for a in kept for b in kept if a is not b]
             frame_scores.append(max([0.0, *pairs]))
@@ -326,7 +321,7 @@ class Scene(_Detections):
 
     def measure(self, v: VideoInputs) -> dict[str, Any]:
         scene = v.aux["scene"]["scene"]
-        caps = [" ".join(d.caption for d in dets) for dets in v.detections("captioner", self.sampling)]
+        caps = [" ".join(d.caption for d in dets) for dets in v.detections("captioner", self.sampling)]  # closed set
         ok = sum(fm.scene_frame_success(c, scene) for c in caps)
         return {"video_results": ok / len(caps), "success_frame_count": ok, "frame_count": len(caps),
                 "num": float(ok), "den": float(len(caps))}
@@ -334,10 +329,13 @@ class Scene(_Detections):
 
 @DIMENSIONS.register("human_action")
 class HumanAction(Dimension):
-    """``human_action.py``: UMT Kinetics-400 top-5 with p ≥ 0.85 must contain the label parsed from the file name."""
+    """``human_action.py``: a Kinetics-400 classifier (UMT) on 16 'middle' frames; correct iff the label
+    parsed from the file name is among the top-5 classes with round(sigmoid(logit), 4) ≥ 0.85;
+    accuracy over videos."""
 
     group = "semantic"
     roles = ("action",)
+    sampling = MIDDLE16
 
     @staticmethod
     def label_from_filename(path: str) -> str:
@@ -346,8 +344,9 @@ class HumanAction(Dimension):
         return base.split("-")[0].split("person is ")[-1].split("_")[0]
 
     def measure(self, v: VideoInputs) -> dict[str, Any]:
-        raise ConfigError("human_action: mmalign has no UMT Kinetics-400 classifier to answer the 'action' role; "
-                          "drop human_action from --dimensions")
+        logits, labels = v.classify("action", self.sampling)
+        ok = action_correct(logits, labels, self.label_from_filename(v.path))
+        return {**self._success(ok), "cor_num_per_video": int(ok)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,11 +374,11 @@ class AppearanceStyle(Dimension):
 
 
 class _VideoText(Dimension):
-    """``temporal_style.py`` / ``overall_consistency.py``: cos(video embedding of 8 'middle' frames,
-    prompt embedding); mean over videos.
+    """``temporal_style.py`` / ``overall_consistency.py``: cos(ViCLIP embedding of 8 'middle' frames,
+    ViCLIP embedding of the prompt); mean over videos.
 
     With ViCLIP absent the 'video_text' role falls back to a CLIP image tower: the video embedding
-    is the normalised mean of the 8 frames' CLIP features (a labelled deviation).
+    is the normalised mean of the 8 frames' CLIP features (a labelled substitute).
     """
 
     group = "semantic"
@@ -387,8 +386,8 @@ class _VideoText(Dimension):
     sampling = MIDDLE8
 
     def measure(self, v: VideoInputs) -> dict[str, Any]:
-        vid = F.normalize(F.normalize(v.features("video_text", self.sampling), dim=-1).mean(0, keepdim=True), dim=-1)
-        txt = F.normalize(v.text_features("video_text", [v.prompt]), dim=-1)
+        vid = v.video_features("video_text", self.sampling)  # [D], normalised
+        txt = F.normalize(v.text_features("video_text", [v.prompt]), dim=-1)[0]
         return self._mean(float((vid * txt).sum()))
 
 

@@ -3,9 +3,11 @@ radar and bar charts (matplotlib Agg, PNG), a self-contained HTML report and a l
 
 Normalisation and weights: Vchitect/VBench@45e79ec ``scripts/constant.py`` / ``scripts/cal_final_score.py``:
 normalized = (raw − Min)/(Max − Min)·weight; Quality = Σ/6.5; Semantic = Σ/9;
-Total = (4·Quality + 1·Semantic)/5; a missing dimension counts as raw 0.
-Reports also give the scores over the *present* dimensions only (each sum divided by the weights
-present), clearly named ``*_present``, because the synth suites do not cover all 16 dimensions.
+Total = (4·Quality + 1·Semantic)/5. VBench counts a missing dimension as raw 0, which makes a headline
+number nobody measured; here Quality/Semantic/Total are ``null`` unless all their dimensions were
+measured, and the scores over the *present* dimensions only (each sum divided by the weights
+present) are given beside them, clearly named ``*_present``, with the list of missing dimensions.
+Every dimension names the backbone that made its number (``vbench:…`` or ``substitute:…``).
 """
 
 from __future__ import annotations
@@ -53,36 +55,47 @@ def normalize(dimension: str, raw: float) -> float:
     return (raw - lo) / (hi - lo) * w
 
 
-def vbench_scores(raw: dict[str, float | None]) -> dict[str, Any]:
-    """Normalised dimensions and Quality/Semantic/Total as VBench computes them (missing ⇒ raw 0),
-    plus ``*_present`` variants over the dimensions that were measured."""
+def vbench_scores(raw: dict[str, float | None], missing_as_zero: bool = False) -> dict[str, Any]:
+    """Normalised dimensions and Quality/Semantic/Total as VBench computes them.
+
+    Quality (Semantic, Total) is ``None`` unless every dimension of its group (both groups) is
+    present; ``missing_as_zero=True`` gives VBench's own ``cal_final_score.py`` convention instead
+    (a missing dimension counts as raw 0). ``*_present`` are the same scores over the measured
+    dimensions only; ``missing`` lists the absent dimensions per group.
+    """
     norm: dict[str, float] = {}
     sums = {"quality": 0.0, "semantic": 0.0}
     present = {"quality": [0.0, 0.0], "semantic": [0.0, 0.0]}  # [Σ normalized, Σ weight]
+    missing: dict[str, list[str]] = {"quality": [], "semantic": []}
     for dim, (_, _, w, group) in NORMALIZATION.items():
         value = raw.get(dim)
         ok = value is not None and math.isfinite(value)
-        n = normalize(dim, float(value) if ok else 0.0)
-        sums[group] += n
+        sums[group] += normalize(dim, float(value) if ok else 0.0)
         if ok:
-            norm[dim] = n
-            present[group][0] += n
+            norm[dim] = normalize(dim, float(value))
+            present[group][0] += norm[dim]
             present[group][1] += w
-    quality, semantic = sums["quality"] / 6.5, sums["semantic"] / 9.0
-    out: dict[str, Any] = {
+        else:
+            missing[group].append(dim)
+    quality = sums["quality"] / 6.5 if missing_as_zero or not missing["quality"] else None
+    semantic = sums["semantic"] / 9.0 if missing_as_zero or not missing["semantic"] else None
+    qp = present["quality"][0] / present["quality"][1] if present["quality"][1] else None
+    sp = present["semantic"][0] / present["semantic"][1] if present["semantic"][1] else None
+    return {
         "normalized": norm,
         "quality": quality,
         "semantic": semantic,
-        "total": (QUALITY_WEIGHT * quality + SEMANTIC_WEIGHT * semantic) / (QUALITY_WEIGHT + SEMANTIC_WEIGHT),
+        "total": _total(quality, semantic) if quality is not None and semantic is not None else None,
+        "quality_present": qp,
+        "semantic_present": sp,
+        "total_present": _total(qp, sp) if qp is not None and sp is not None else (qp if sp is None else sp),
+        "missing": missing,
     }
-    qp = present["quality"][0] / present["quality"][1] if present["quality"][1] else None
-    sp = present["semantic"][0] / present["semantic"][1] if present["semantic"][1] else None
-    out["quality_present"], out["semantic_present"] = qp, sp
-    if qp is not None and sp is not None:
-        out["total_present"] = (QUALITY_WEIGHT * qp + SEMANTIC_WEIGHT * sp) / (QUALITY_WEIGHT + SEMANTIC_WEIGHT)
-    else:
-        out["total_present"] = qp if sp is None else sp
-    return out
+
+
+def _total(quality: float, semantic: float) -> float:
+    """Total = (4·Quality + 1·Semantic)/5 (``scripts/cal_final_score.py``)."""
+    return (QUALITY_WEIGHT * quality + SEMANTIC_WEIGHT * semantic) / (QUALITY_WEIGHT + SEMANTIC_WEIGHT)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,24 +129,32 @@ def vbench_eval_results(run: RunResult, raw: dict[str, float | None]) -> dict[st
     return {d: [raw[d], _per_video(run, d)] for d in run.dimensions if raw.get(d) is not None}
 
 
+def dimension_backbones(run: RunResult, dim: str) -> list[dict[str, Any]]:
+    """The backbones (one per required role, in role order) that made ``dim``'s numbers in ``run``."""
+    cls = DIMENSIONS.get(dim)
+    return [run.backbones[r] for r in cls.roles if run.backbones.get(r, {}).get("label")]
+
+
 def build_results(run: RunResult) -> dict[str, Any]:
     raw = aggregate(run)
     scores = vbench_scores(raw)
     dims = {}
     for d in run.dimensions:
         cls = DIMENSIONS.get(d)
-        role = (cls.roles or cls.optional_roles or (None,))[0]
-        info = run.backbones.get(role, {}) if role else {}
+        used = dimension_backbones(run, d)
         n = sum(1 for rec in run.records if rec["dims"].get(d) is not None)
-        status = "ok" if raw[d] is not None else ("backbone missing" if d in run.unavailable else "no videos")
+        failures = [{"path": rec["path"], "error": rec["failures"][d]} for rec in run.records if d in rec.get("failures", {})]
+        status = "ok" if raw[d] is not None else ("unavailable" if d in run.unavailable else
+                                                  "failed" if failures else "no videos")
         entry = {"raw": raw[d], "normalized": scores["normalized"].get(d), "group": cls.group, "status": status,
-                 "n_videos": n, "backbone": info.get("name"), "note": info.get("note", "")}
+                 "n_videos": n, "backbone": ", ".join(b["label"] for b in used) or (None if cls.roles else "model-free"),
+                 # a VBench dimension's number is comparable with VBench's leaderboard only from VBench's own models
+                 "comparable_with_vbench": d in NORMALIZATION and all(b["origin"] == "vbench" for b in used),
+                 "note": "; ".join(b["note"] for b in used if b.get("note"))}
         if d in run.unavailable:
             entry["reason"] = run.unavailable[d]
-        if d == "temporal_flickering" and raw[d] is not None:
-            filt = {rec["dims"][d].get("static_filter") for rec in run.records if rec["dims"].get(d)}
-            if "skipped" in filt:
-                entry["note"] = (entry["note"] + "; " if entry["note"] else "") + "static filter skipped (no flow backbone)"
+        if failures:
+            entry["failures"] = failures
         dims[d] = entry
     geneval = [raw[t] for t in GENEVAL_TASKS if t in raw and raw[t] is not None]
     # VBench's Quality/Semantic/Total only mean something when the run has VBench dimensions
@@ -143,6 +164,7 @@ def build_results(run: RunResult) -> dict[str, Any]:
     return {
         "suite": run.suite.name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "dtype": run.dtype,
         "n_videos": len(run.records),
         "dimensions": dims,
         "scores": summary,
@@ -150,6 +172,25 @@ def build_results(run: RunResult) -> dict[str, Any]:
         "skipped": run.skipped,
         "missing_files": run.missing,
     }
+
+
+def score_lines(results: dict[str, Any]) -> list[str]:
+    """The headline scores as text: Quality/Semantic/Total, or ``null`` with the missing dimensions and
+    the partial ``*_present`` scores over the measured ones."""
+    s = results["scores"]
+    lines = []
+    for k in ("quality", "semantic", "total", "geneval_overall"):
+        if k not in s:
+            continue
+        if s[k] is not None:
+            lines.append(f"{k}: {s[k]:.4f}")
+            continue
+        groups = ("quality", "semantic") if k == "total" else (k,)
+        miss = [d for g in groups for d in s["missing"][g]]
+        part = s.get(f"{k}_present")
+        lines.append(f"{k}: null (missing {len(miss)}: {', '.join(miss)})"
+                     + (f"; partial {k}_present over the measured dimensions: {part:.4f}" if part is not None else ""))
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,11 +321,15 @@ def html_report(results: dict[str, Any], run: RunResult | None, charts: dict[str
              f"<h1>Benchmark report: {e(results['suite'])}</h1>",
              (f"<p>{results['n_videos']} videos evaluated, {len(results['skipped'])} skipped, "
               f"{len(results['missing_files'])} expected files missing. Created {e(results['created'])}.</p>"),
+             f"<p>Backbone compute dtype: {e(results.get('dtype', 'fp32'))}.</p>",
              "<h2>Scores</h2><table><tr><th>score</th><th>value</th></tr>"]
     for k, v in s.items():
-        parts.append(f"<tr><td>{e(k)}</td><td>{_fmt(v)}</td></tr>")
-    parts.append("</table><p class='note'>quality/semantic/total follow VBench (missing dimensions count as raw 0); "
-                 "*_present use only the measured dimensions.</p>")
+        if k != "missing":
+            parts.append(f"<tr><td>{e(k)}</td><td>{'null' if v is None else _fmt(v)}</td></tr>")
+    parts.append("</table><p class='note'>" + "<br>".join(e(line) for line in score_lines(results) if "null" in line)
+                 + "</p><p class='note'>quality/semantic/total follow VBench and are null unless all their dimensions "
+                 "were measured; *_present are partial scores over the measured dimensions only. Numbers from a "
+                 "<b>substitute:</b> backbone are not comparable with VBench's leaderboard.</p>")
     for name, png in charts.items():
         parts.append(f"<h2>{e(name)}</h2><img alt='{e(name)}' src='{_b64(png)}'>")
     parts.append("<h2>Dimensions</h2><table><tr><th>dimension</th><th>group</th><th>raw</th><th>normalized</th>"
@@ -306,12 +351,15 @@ def html_report(results: dict[str, Any], run: RunResult | None, charts: dict[str
         if info.get("note"):
             status += f"<br><span class='note'>{e(info['note'])}</span>"
         cls = " class='missing'" if info["raw"] is None else ""
+        cmp = "" if info["comparable_with_vbench"] or info["backbone"] is None else "<br><span class='note'>not comparable with VBench</span>"
         parts.append(f"<tr{cls}><td>{e(d)}</td><td>{e(info['group'])}</td><td>{_fmt(info['raw'])}</td>"
-                     f"<td>{_fmt(info['normalized'])}</td><td>{info['n_videos']}</td><td>{_fmt(info['backbone'])}</td>"
+                     f"<td>{_fmt(info['normalized'])}</td><td>{info['n_videos']}</td><td>{_fmt(info['backbone'])}{cmp}</td>"
                      f"<td>{status}</td><td>{best}</td><td>{worst}</td></tr>")
     parts.append("</table><h2>Backbones</h2><table><tr><th>role</th><th>backbone</th><th>note</th></tr>")
     for role, info in results["backbones"].items():
-        parts.append(f"<tr><td>{e(role)}</td><td>{_fmt(info['name'])}</td><td class='note'>{e(info.get('note', ''))}</td></tr>")
+        why = "; ".join(info.get("unavailable", []))
+        parts.append(f"<tr><td>{e(role)}</td><td>{_fmt(info.get('label'))}</td>"
+                     f"<td class='note'>{e(info.get('note', ''))}{'<br>' + e(why) if why else ''}</td></tr>")
     parts.append("</table>")
     if results["skipped"]:
         parts.append("<h2>Skipped files</h2><table><tr><th>file</th><th>reason</th></tr>")
@@ -365,25 +413,39 @@ def leaderboard(paths: Sequence[str | Path], out: str | Path, names: Sequence[st
     labels = list(names) if names else [Path(p).parent.name if Path(p).is_file() else Path(p).name for p in paths]
     labels = [f"{lab} ({i})" if labels.count(lab) > 1 else lab for i, lab in enumerate(labels)]
     dims = list(dict.fromkeys(d for r in runs for d in r["dimensions"]))
-    score_keys = list(dict.fromkeys(k for r in runs for k in r["scores"]))
+    score_keys = list(dict.fromkeys(k for r in runs for k in r["scores"] if k != "missing"))
     order = sorted(range(len(runs)), key=lambda i: -(runs[i]["scores"].get("total_present") or -1e9))
     header = ["model", *score_keys, *dims]
     rows = [[labels[i], *[runs[i]["scores"].get(k) for k in score_keys],
              *[runs[i]["dimensions"].get(d, {}).get("raw") for d in dims]] for i in order]
+    # which backbone made each number; a substitute's number is marked † (not comparable with VBench)
+    made_by = [{d: runs[i]["dimensions"].get(d, {}).get("backbone") for d in dims} for i in order]
+    subst = [{d for d in dims if d in NORMALIZATION and runs[i]["dimensions"].get(d, {}).get("raw") is not None
+              and not runs[i]["dimensions"][d].get("comparable_with_vbench", False)} for i in order]
+
+    def cell(v: Any, k: int, col: str) -> str:
+        text = v if isinstance(v, str) else _fmt(v)
+        return text + (" †" if col in subst[k] else "")
+
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(_fmt(v) if not isinstance(v, str) else v for v in row) + " |" for row in rows]
+    md += ["| " + " | ".join(cell(v, k, col) for v, col in zip(row, header)) + " |" for k, row in enumerate(rows)]
+    md += ["", "† made by a substitute backbone (not VBench's model or weights): not comparable with VBench's leaderboard.",
+           "", "Backbones: " + "; ".join(f"{rows[k][0]}: " + ", ".join(f"{d}={b}" for d, b in made_by[k].items() if b)
+                                         for k in range(len(rows)))]
     series = {labels[i]: _display_scores(runs[i]) for i in order}
     pngs = {"bars": bar_chart(series, "leaderboard"), "radar": radar_chart(series, "leaderboard")}
     paths = {"markdown": out / "leaderboard.md", "json": out / "leaderboard.json", "html": out / "leaderboard.html"}
     atomic_write(paths["markdown"], lambda tmp: Path(tmp).write_text("\n".join(md) + "\n"))
-    atomic_write_json(paths["json"], {"header": header, "rows": rows})
+    atomic_write_json(paths["json"], {"header": header, "rows": rows, "backbones": made_by})
     for k, png in pngs.items():
         paths[k] = out / f"leaderboard_{k}.png"
         atomic_write(paths[k], lambda tmp, png=png: Path(tmp).write_bytes(png))
     table = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
-    for row in rows:
-        table += "<tr>" + "".join(f"<td>{_fmt(v) if not isinstance(v, str) else html.escape(v)}</td>" for v in row) + "</tr>"
-    table += "</table>"
+    for k, row in enumerate(rows):
+        table += "<tr>" + "".join(f"<td title='{html.escape(str(made_by[k].get(col) or ''))}'>{html.escape(cell(v, k, col))}</td>"
+                                  for v, col in zip(row, header)) + "</tr>"
+    table += ("</table><p class='note'>† made by a substitute backbone: not comparable with VBench's leaderboard "
+              "(hover a cell for its backbone).</p>")
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>mmalign leaderboard</title><style>{_CSS}</style>"
             f"</head><body><h1>Leaderboard</h1>{table}"
             + "".join(f"<h2>{k}</h2><img alt='{k}' src='{_b64(p)}'>" for k, p in pngs.items()) + "</body></html>")

@@ -6,7 +6,7 @@ For each media file of a suite the runner
 2. resamples frames per dimension (:class:`~mmalign.bench.dimensions.Sampling`);
 3. runs each backbone once per (video, frame set) — DINO, CLIP, flow, detector, … — batched over
    frames, and shares the result with every dimension that declared the backbone's role;
-4. keeps those outputs in a per-video feature cache on disk (``cache/<sha>.pt``, keyed by file hash,
+4. keeps those outputs in a per-video feature cache on disk (``cache/<sha>.<dtype>.pt``, keyed by file hash,
    atomic writes), so a rerun with more dimensions reuses them;
 5. writes one per-video record (``records/<sha>.json``, atomic) — a killed run resumes by skipping
    the videos whose record already holds every requested dimension.
@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from mmalign.bench.action import ActionBackbone
 from mmalign.bench.backbones import (
     Backbone,
     BackboneMissing,
@@ -44,11 +46,13 @@ from mmalign.bench.backbones import (
 from mmalign.bench.detectors import Detection, DetectorBackbone
 from mmalign.bench.dimensions import Dimension, Sampling, get_dimension
 from mmalign.bench.suites import Item, Suite
+from mmalign.bench.viclip import VideoTextBackbone
+from mmalign.devices import dtype_name, resolve_device, resolve_dtype
 from mmalign.errors import ConfigError, InputError, MMAlignError
 from mmalign.fileio import atomic_write, atomic_write_json
 
 log = logging.getLogger(__name__)
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,6 +96,20 @@ class ResolvedBackbones:
     missing: dict[str, str] = field(default_factory=dict)
 
 
+def _try_load(name: str, ctx: LoadContext) -> Backbone | BackboneMissing:
+    """Load backbone ``name``; any failure (missing file or package, corrupt or wrong-format weights,
+    a third-party loader's own error) comes back as a :class:`BackboneMissing` holding the reason."""
+    try:
+        return load_backbone(name, ctx)
+    except BackboneMissing as err:
+        return err
+    except ConfigError:
+        raise  # an unknown backbone name is a suite error, not a missing file
+    except Exception as err:  # noqa: BLE001 (a load failure marks the role unavailable, never aborts the run)
+        log.warning("backbone %s failed to load: %s: %s", name, type(err).__name__, err)
+        return BackboneMissing(f"failed to load ({type(err).__name__}: {err})")
+
+
 def resolve_backbones(roles: Iterable[str], prefs: dict[str, list[str]], ctx: LoadContext,
                       preloaded: dict[str, Backbone] | None = None) -> ResolvedBackbones:
     """Load each role's first available backbone once; record fallbacks and why others were missing."""
@@ -102,10 +120,7 @@ def resolve_backbones(roles: Iterable[str], prefs: dict[str, list[str]], ctx: Lo
         reasons = []
         for rank, name in enumerate(names):
             if name not in cache:
-                try:
-                    cache[name] = load_backbone(name, ctx)
-                except BackboneMissing as err:
-                    cache[name] = err
+                cache[name] = _try_load(name, ctx)
             got = cache[name]
             if isinstance(got, BackboneMissing):
                 reasons.append(f"{name}: {got}")
@@ -114,11 +129,13 @@ def resolve_backbones(roles: Iterable[str], prefs: dict[str, list[str]], ctx: Lo
             note = got.note
             if rank > 0:
                 note = f"fallback for {names[0]}" + (f"; {note}" if note else "")
-            out.info[role] = {"name": got.name, "note": note, "fallback": rank > 0, "unavailable": reasons}
+            out.info[role] = {"name": got.name, "label": got.label, "origin": got.origin, "note": note,
+                              "fallback": rank > 0, "unavailable": reasons}
             break
         else:
             out.missing[role] = "; ".join(reasons) if reasons else f"no backbone configured for role {role!r}"
-            out.info[role] = {"name": None, "note": "backbone missing", "fallback": False, "unavailable": reasons}
+            out.info[role] = {"name": None, "label": None, "origin": None, "note": "backbone missing",
+                              "fallback": False, "unavailable": reasons}
     return out
 
 
@@ -136,9 +153,6 @@ class SharedInputs:
         self.num_frames, _, self.height, self.width = frames.shape
         self._bb, self._cache, self._text, self.modality = backbones, cache, text_cache, modality
         self.dirty = False
-
-    def has(self, role: str) -> bool:
-        return role in self._bb.chosen
 
     def _get(self, role: str, kind: type[Backbone] = Backbone) -> Backbone:
         """The backbone chosen for ``role``; a ConfigError when the suite gave the role a backbone of another kind."""
@@ -179,6 +193,15 @@ class SharedInputs:
         pos = {f: i for i, f in enumerate(uniq)}
         return feats[[pos[i] for i in idx]]
 
+    def video_features(self, role: str, s: Sampling) -> torch.Tensor:
+        """One L2-normalised embedding ``[D]`` of the frames of ``s``: a video encoder's (ViCLIP), or, for
+        a frame encoder standing in for one, the normalised mean of its normalised frame features."""
+        bb = self._get(role)
+        if isinstance(bb, VideoTextBackbone):
+            idx = self._idx(s)
+            return self._memo(f"video:{bb.name}:" + ",".join(map(str, idx)), lambda: bb.encode_video(self._frames[idx]))
+        return F.normalize(F.normalize(self.features(role, s), dim=-1).mean(0), dim=-1)
+
     def text_features(self, role: str, texts: list[str]) -> torch.Tensor:
         bb = self._get(role)
         out = []
@@ -189,32 +212,38 @@ class SharedInputs:
             out.append(self._text[k])
         return torch.stack(out)
 
-    def flow(self, role: str, s: Sampling, wrap: bool = False) -> torch.Tensor:
+    def flow(self, role: str, s: Sampling) -> torch.Tensor:
         bb = self._get(role, FlowBackbone)
         idx = self._idx(s)
         key = f"flow:{bb.name}:" + ",".join(map(str, idx))
-        mags = self._memo(key, lambda: bb.magnitudes(self._frames[idx[:-1]], self._frames[idx[1:]]).half())
-        if not wrap:
-            return mags.float()
-        first, last = idx[0], idx[-1]
-        wkey = f"flowwrap:{bb.name}:{first},{last}"
-        wr = self._memo(wkey, lambda: bb.magnitudes(self._frames[[first, last]], self._frames[[last, first]]).half())
-        return torch.cat([mags, wr]).float()
+        return self._memo(key, lambda: bb.magnitudes(self._frames[idx[:-1]], self._frames[idx[1:]]).half()).float()
 
     def midpoints(self, role: str) -> torch.Tensor:
         bb = self._get(role, InterpBackbone)
         even = self._frames[0::2]
         return self._memo(f"interp:{bb.name}", lambda: bb.midpoints(even[:-1], even[1:]))
 
-    def detections(self, role: str, s: Sampling) -> list[list[Detection]]:
+    def detections(self, role: str, s: Sampling, queries: list[tuple[str, str]] | None = None) -> list[list[Detection]]:
         bb = self._get(role, DetectorBackbone)
         idx = self._idx(s)
         uniq = sorted(set(idx))  # 'middle' sampling pads short videos by repeating the last index
-        key = f"det:{bb.name}:" + ",".join(map(str, uniq))
-        raw = self._memo(key, lambda: [[(d.label, list(d.box), d.score, d.caption) for d in dets]
-                                       for dets in bb.detector.detect(self._frames[uniq])])
+        open_vocab = getattr(bb.detector, "open_vocabulary", False) and queries
+        qkey = hashlib.sha256(json.dumps(queries).encode()).hexdigest()[:16] if open_vocab else "closed"
+        key = f"det:{bb.name}:{qkey}:" + ",".join(map(str, uniq))
+
+        def run() -> list:
+            dets = bb.detector.detect(self._frames[uniq], queries=queries) if open_vocab else bb.detector.detect(self._frames[uniq])
+            return [[(d.label, list(d.box), d.score, d.caption) for d in frame] for frame in dets]
+
+        raw = self._memo(key, run)
         pos = {f: i for i, f in enumerate(uniq)}
         return [[Detection(lab, tuple(box), sc, cap) for lab, box, sc, cap in raw[pos[i]]] for i in idx]
+
+    def classify(self, role: str, s: Sampling) -> tuple[torch.Tensor, tuple[str, ...]]:
+        bb = self._get(role, ActionBackbone)
+        idx = self._idx(s)
+        logits = self._memo(f"action:{bb.name}:" + ",".join(map(str, idx)), lambda: bb.logits(self._frames[idx]))
+        return logits, bb.labels
 
     def oracle(self) -> dict[str, Any]:
         bb = self._get("oracle")
@@ -235,9 +264,10 @@ class RunResult:
     skipped: list[dict[str, str]]
     missing: list[str]
     backbones: dict[str, dict[str, Any]]
-    unavailable: dict[str, str]  # dimension -> reason (backbone missing)
+    unavailable: dict[str, str]  # dimension -> reason (backbone missing or failed to load)
     out_dir: Path
     is_main: bool = True  # False on the other processes of an accelerate launch (they write no report)
+    dtype: str = "fp32"  # compute dtype of the learned backbones
 
 
 def _load_cache(path: Path) -> dict[str, Any]:
@@ -261,7 +291,21 @@ def _done(rec_path: Path, sha: str, dims: list[str], bb_names: dict[str, Any]) -
         return None
     if rec.get("error") is None and not all(d in rec.get("dims", {}) for d in dims):
         return None
+    if any(d in rec.get("failures", {}) for d in dims):  # retry what failed last time
+        return None
     return rec
+
+
+def dist_state(device: str = "auto"):
+    """accelerate's ``PartialState`` under ``accelerate launch`` / torchrun (``WORLD_SIZE`` > 1), else ``None``.
+
+    Created before any backbone is loaded, so each rank's model lands on its own device (CPU
+    processes talk over gloo when ``device`` is ``cpu`` or no GPU is present)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    return PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
 
 
 def run_benchmark(
@@ -272,6 +316,7 @@ def run_benchmark(
     *,
     weights_dir: str | os.PathLike | None = None,
     device: str = "auto",
+    dtype: str | torch.dtype = "fp32",
     backbones: dict[str, list[str]] | None = None,
     preloaded: dict[str, Backbone] | None = None,
     strict: bool = False,
@@ -282,7 +327,12 @@ def run_benchmark(
     """Evaluate the files in ``videos`` on ``suite`` and write per-video records under ``out``.
 
     ``backbones`` overrides the suite's role → [backbone names] preferences; ``preloaded`` maps
-    backbone names to ready objects (tests, notebooks).
+    backbone names to ready objects (tests, notebooks). ``dtype`` (``fp32 | bf16 | fp16 | auto``,
+    :func:`mmalign.devices.resolve_dtype`) is the compute dtype of the learned backbones; their
+    outputs and every formula stay fp32. A backbone that cannot be loaded makes its dimensions
+    unavailable (with the reason) and the others run; ``strict=True`` makes that, an unreadable file
+    or a dimension failing on a video fatal. Under ``accelerate launch`` each process takes its share
+    of the files on its own device; the main process gathers the records in input order.
     """
     out = Path(out)
     dims = list(dimensions or suite.dimensions)
@@ -290,32 +340,35 @@ def run_benchmark(
     items, missing = suite.items(videos, dims)
     if not items:
         raise InputError(f"no file in {videos} matches suite {suite.name!r} for dimensions {dims}: expected names like "
-                         f"{missing[0]!r} (the suite's naming '{suite.naming}'); check --suite and --dimensions")
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
-    ctx = LoadContext(Path(weights_dir) if weights_dir else default_weights_dir(), dev, batch_size)
+                         f"{missing[0] if missing else '(none)'!r} (the suite's naming '{suite.naming}'); "
+                         "check --suite and --dimensions, or use --suite custom for videos with any names")
+    state = dist_state(device)  # before loading backbones: each rank's device
+    dev = state.device if state is not None and device == "auto" else resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev, what="benchmark backbones")
+    ctx = LoadContext(Path(weights_dir) if weights_dir else default_weights_dir(), dev, batch_size, torch_dtype)
     prefs = {**suite.backbones, **(backbones or {})}
-    roles = {r for d in dim_objs.values() for r in (*d.roles, *d.optional_roles)}
+    roles = {r for d in dim_objs.values() for r in d.roles}
     bbs = resolve_backbones(roles, prefs, ctx, preloaded)
     unavailable = {}
     for name, d in dim_objs.items():
         lacking = [r for r in d.roles if r in bbs.missing]
         if lacking:
-            unavailable[name] = "backbone missing: " + "; ".join(f"{r} ({bbs.missing[r]})" for r in lacking)
+            unavailable[name] = "backbone unavailable: " + "; ".join(f"{r} ({bbs.missing[r]})" for r in lacking)
+    if strict and unavailable:
+        raise BackboneMissing("--strict: dimensions without a backbone: " + "; ".join(f"{d}: {r}" for d, r in unavailable.items())
+                              + " (put VBench's weight files under --weights DIR, or drop --strict to skip them)")
     active = [d for d in dims if d not in unavailable]
-    bb_names = {r: i["name"] for r, i in sorted(bbs.info.items())}
+    bb_names = {r: i["label"] for r, i in sorted(bbs.info.items())}
+    dtype_label = dtype_name(torch_dtype)
 
     mine = items
-    state = None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-
-        state = PartialState()
+    if state is not None:
         with state.split_between_processes(items) as part:
             mine = list(part)
 
     text_cache: dict[str, torch.Tensor] = {}
     for item in tqdm(mine, desc=f"bench {suite.name}", disable=not progress):
-        _evaluate_item(item, suite, dim_objs, active, bbs, bb_names, out, text_cache, cache, strict)
+        _evaluate_item(item, suite, dim_objs, active, bbs, bb_names, out, text_cache, cache, strict, dtype_label)
     if state is not None:
         state.wait_for_everyone()
 
@@ -332,7 +385,7 @@ def run_benchmark(
         else:
             records.append(rec)
     return RunResult(suite, dims, records, skipped, missing, bbs.info, unavailable, out,
-                     is_main=state is None or state.is_main_process)
+                     is_main=state is None or state.is_main_process, dtype=dtype_label)
 
 
 def _item_key(item: Item) -> str:
@@ -340,9 +393,11 @@ def _item_key(item: Item) -> str:
 
 
 def _evaluate_item(item: Item, suite: Suite, dim_objs: dict[str, Dimension], active: list[str], bbs: ResolvedBackbones,
-                   bb_names: dict[str, Any], out: Path, text_cache: dict, use_cache: bool, strict: bool) -> None:
+                   bb_names: dict[str, Any], out: Path, text_cache: dict, use_cache: bool, strict: bool,
+                   dtype: str) -> None:
     rec_path = out / "records" / f"{_item_key(item)}.json"
     wanted = [d for d in active if d in item.dimensions]
+    bb_names = {**bb_names, "dtype": dtype}  # a record is reused only with the same backbones and dtype
     base = {"version": RECORD_VERSION, "path": item.path, "prompt": item.prompt, "index": item.index,
             "backbones": bb_names}
     try:
@@ -368,7 +423,7 @@ def _evaluate_item(item: Item, suite: Suite, dim_objs: dict[str, Dimension], act
         log.warning("skipping %s: %s", item.path, err_msg)
         atomic_write_json(rec_path, {**base, "sha256": sha, "error": err_msg, "dims": {}})
         return
-    cache_path = out / "cache" / f"{sha}.pt"
+    cache_path = out / "cache" / f"{sha}.{dtype}.pt"
     feat_cache = _load_cache(cache_path) if use_cache else {}
     inputs = SharedInputs(item, frames, fps, bbs, feat_cache, text_cache, suite.modality)
     results: dict[str, Any] = {}
@@ -378,11 +433,19 @@ def _evaluate_item(item: Item, suite: Suite, dim_objs: dict[str, Dimension], act
             results.update(old.get("dims", {}))
     except (OSError, json.JSONDecodeError):
         pass
+    failures: dict[str, str] = {}
     for name in wanted:
         inputs.aux = item.aux.get(name, {})
-        r = dim_objs[name].measure(inputs)
+        try:
+            r = dim_objs[name].measure(inputs)
+        except Exception as err:  # noqa: BLE001 (one dimension failing on one video never aborts the run)
+            if strict:
+                raise
+            failures[name] = f"{type(err).__name__}: {err}"
+            log.warning("%s failed on %s: %s", name, item.path, failures[name])
+            r = None
         results[name] = None if r is None else {**r, "prompt": item.prompt, "index": item.index}
     if use_cache and inputs.dirty:
         atomic_write(cache_path, lambda tmp: torch.save(feat_cache, tmp))
-    atomic_write_json(rec_path, {**base, "sha256": sha, "error": None, "dims": results,
+    atomic_write_json(rec_path, {**base, "sha256": sha, "error": None, "dims": results, "failures": failures,
                                  "frames": int(frames.shape[0]), "fps": fps, "size": [inputs.height, inputs.width]})

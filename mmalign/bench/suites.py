@@ -12,12 +12,15 @@ list of ``{"prompt_en", "dimension": [...], "auxiliary_info": {dim: {...}}}``). 
 * ``synth-video`` — synthetic-world prompts for motion / static / change / colour / shape
   dimensions; semantic dimensions answered by the exact oracle, so it runs on CPU.
 * ``synth-image`` — GenEval-style tasks and an HPSv2-style preference score on synthetic images.
+* ``custom`` (:func:`custom_suite`) — VBench's ``custom_input`` mode: any videos of a folder, any names,
+  on the dimensions that need no auxiliary info, with VBench's backbones.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -130,6 +133,76 @@ class Suite:
         return items, missing
 
 
+#: VBench ``custom_input`` dimensions that need no prompt (Vchitect/VBench@45e79ec ``vbench/__init__.py``, README)
+PROMPT_FREE = ("subject_consistency", "background_consistency", "temporal_flickering", "motion_smoothness",
+               "dynamic_degree", "aesthetic_quality", "imaging_quality")
+#: custom_input dimensions that need a prompt per video (human_action parses its label from the file name)
+PROMPT_DIMS = ("temporal_style", "overall_consistency", "human_action")
+
+
+def prompt_from_filename(path: str | os.PathLike) -> str:
+    """VBench ``utils.py::get_prompt_from_filename``: the file stem without a trailing ``-<digits>``."""
+    return re.sub(r"-\d+$", "", Path(path).stem)
+
+
+def _read_prompt_table(path: Path) -> dict[str, str]:
+    """``{file name: prompt}`` from VBench's ``--prompt_file`` JSON (``{video_path: prompt}``) or a
+    ``manifest.jsonl`` (``{"file": ..., "prompt": ...}`` per line, as ``mmalign sample`` writes)."""
+    from mmalign.media import read_media_manifest
+
+    if not path.is_file():
+        raise InputError(f"{path}: no such prompts file; give a JSON {{video_path: prompt}} or a manifest.jsonl")
+    if path.suffix == ".jsonl":
+        return read_media_manifest(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}: not valid JSON ({err.msg}); expected {{video_path: prompt}}") from None
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        raise InputError(f"{path}: expected a JSON object {{video_path: prompt}} (VBench's --prompt_file)")
+    return {Path(k).name: v for k, v in raw.items()}
+
+
+@dataclass
+class CustomSuite(Suite):
+    """VBench's ``custom_input`` mode: every video of the folder (any names, sizes, frame rates, lengths).
+
+    Prompts come from ``prompts_file`` (or the folder's ``manifest.jsonl``), else from the file
+    name (:func:`prompt_from_filename`), as VBench does. The prompt dimensions run only when asked for.
+    """
+
+    prompts_file: Path | None = None
+
+    def items(self, folder: str | os.PathLike, dimensions: list[str] | None = None) -> tuple[list[Item], list[str]]:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise InputError(f"videos folder {folder} does not exist; pass --videos DIR")
+        dims = tuple(dimensions or self.dimensions)
+        bad = [d for d in dims if d not in PROMPT_FREE + PROMPT_DIMS]
+        if bad:
+            raise ConfigError(f"--suite custom cannot measure {bad}: they need VBench's auxiliary info (objects, colours, "
+                              f"scenes, styles); use --suite vbench-standard with its file names. Custom dimensions: "
+                              f"{', '.join(PROMPT_FREE + PROMPT_DIMS)}")
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTS)
+        if not files:
+            raise InputError(f"no video files ({', '.join(VIDEO_EXTS)}) in {folder}")
+        table_path = self.prompts_file or (folder / "manifest.jsonl" if (folder / "manifest.jsonl").is_file() else None)
+        table = _read_prompt_table(table_path) if table_path else {}
+        from mmalign.bench.dimensions import index_from_filename
+
+        items = [Item(str(f), table.get(f.name, prompt_from_filename(f)), index_from_filename(str(f)), dims) for f in files]
+        return items, []
+
+
+def custom_suite(prompts_file: str | os.PathLike | None = None) -> CustomSuite:
+    """The ``custom`` suite: VBench's prompt-free dimensions (and, on request, the prompt ones) on any
+    videos, with the backbones of ``vbench-standard``."""
+    std = load_suite("vbench-standard")
+    return CustomSuite(name="custom", modality="video", entries=[], dimensions=list(PROMPT_FREE), backbones=std.backbones,
+                       naming="{prompt}-{index}", samples_per_prompt=1, description="VBench custom_input: any videos",
+                       prompts_file=Path(prompts_file) if prompts_file else None)
+
+
 def _read_entries(path: Path) -> list[Entry]:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -151,9 +224,11 @@ def list_suites() -> list[str]:
 
 
 def load_suite(name_or_path: str | os.PathLike) -> Suite:
-    """Load a suite by name (``vbench-standard``, ``synth-video``, ``synth-image``), folder or ``suite.yaml`` path."""
+    """Load a suite by name (``vbench-standard``, ``synth-video``, ``synth-image``, ``custom``), folder or ``suite.yaml`` path."""
     from mmalign.bench.dimensions import DIMENSIONS
 
+    if str(name_or_path) == "custom":
+        return custom_suite()
     card = load_card(name_or_path, SuiteCard, kind="suites")
     where = str(card.source)
     if card.plugin is not None:

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import torch
 
+from mmalign.devices import dtype_name
 from mmalign.errors import InputError
 from mmalign.fileio import atomic_write_json, atomic_write_jsonl
 from mmalign.media import save_media
@@ -125,7 +126,8 @@ def build_preferences(generator: Any, scorers: Sequence[Any], prompts: Sequence[
              for i, (p, pick) in enumerate(zip(prompts, picks)) if pick is not None]
     meta = {"generator": getattr(generator, "name", None) or type(generator).__name__, "scorers": scorer_names,
             "k": k, "seed": seed, "mode": mode, "prompts": len(prompts), "pairs": len(pairs),
-            "ties": sum(1 for p in pairs if p["label"] == 0.5), "processes": state.num_processes}
+            "ties": sum(1 for p in pairs if p["label"] == 0.5), "processes": state.num_processes,
+            "dtype": dtype_name(getattr(generator, "dtype", torch.float32))}
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_jsonl(out / "rankings.jsonl", rankings)

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from mmalign.devices import DTYPE_HELP, check_dtype_option
 from mmalign.generators.lora import LORA_HELP
 
 
@@ -28,6 +29,7 @@ def register(app: typer.Typer) -> None:
         mode: str = typer.Option("best-worst", "--mode", help="Pairs: best-worst | unifiedreward (pair ranking + point sifting)"),
         steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the generator's)"),
         batch_size: int = typer.Option(8, "--batch-size", help="Sampling batch size"),
+        dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars"),
     ) -> None:
         """Build preference data (pairs and Syn-Pic k-wise rankings) from a generator and scorers.
@@ -46,10 +48,10 @@ def register(app: typer.Typer) -> None:
         prompt_list = read_prompts(prompts, n_prompts, seed) if prompts else None  # a bad file fails before loading
         state = PartialState(cpu=not torch.cuda.is_available())  # under accelerate launch: each process samples a share of the prompts
         device = str(state.device) if state.num_processes > 1 else "auto"
-        gen = load_generator(generator, lora=loras, device=device)
+        gen = load_generator(generator, lora=loras, device=device, dtype=check_dtype_option(dtype))
         if prompt_list is None:
             prompt_list = read_prompts(f"synth-{gen.modality}-train", n_prompts, seed)
-        scorers = [load_scorer(s.strip(), device=device) for s in scorer.split(",") if s.strip()]
+        scorers = [load_scorer(s.strip(), device=device, dtype=dtype) for s in scorer.split(",") if s.strip()]
         res = build_preferences(gen, scorers, prompt_list, out, k=k, seed=seed, mode=mode, batch_size=batch_size,
                                 progress=not quiet, sample_kwargs={} if steps is None else {"steps": steps})
         if state.is_main_process:

@@ -10,6 +10,7 @@ LoRAs (:mod:`mmalign.generators.lora`), each at its weight. Families are registe
 from __future__ import annotations
 
 import importlib
+import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -108,13 +109,15 @@ def load_generator(id_or_path_or_preset: str | os.PathLike, family: str | None =
     generator, offline from the cache), a ``(path, weight)`` pair or a :class:`~mmalign.generators.lora.LoraSpec`
     — attached with the family's multi-adapter mechanism (:meth:`DiffusersGenerator.load_loras`). A missing
     LoRA fails before the model loads; one for another architecture before the generator is returned.
+    ``dtype``: fp32 / bf16 / fp16 / ``"auto"`` (:mod:`mmalign.devices`; for a local folder ``auto`` weighs the
+    denoiser's parameter count from its weight files) or None (fp32 on CPU, bf16/fp16 on CUDA); the
+    weights are loaded in it once, so sampling computes in it without autocast.
     """
     name = str(id_or_path_or_preset)
     loras, lora_local = lora_specs(lora), local_files_only  # hub LoRAs: offline only if asked (or HF_HUB_OFFLINE)
     for spec in loras:  # a missing file fails before the model loads
         resolve_lora_file(spec.source, spec.weight_name, lora_local)
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
     if name in PRESETS:
         folder = asset_path("models", name)
         if not (folder / "model_index.json").is_file():
@@ -130,6 +133,10 @@ def load_generator(id_or_path_or_preset: str | os.PathLike, family: str | None =
         local_files_only = is_offline(local_files_only)
     defaults = read_defaults(source) if local else {}
     defaults.pop("family", None)
+    params = None
+    if dtype == "auto" and local:  # the size of the compute model, from the weight files' headers
+        params = saved_parameters(Path(source) if family == "musicgen" else Path(source) / family_class(family).denoiser_name)
+    dt = resolve_dtype(dtype, dev, params=params, what=f"generator {name!r}")
 
     if family == "musicgen":
         if loras:
@@ -161,6 +168,20 @@ def load_generator(id_or_path_or_preset: str | os.PathLike, family: str | None =
     if loras:
         gen.load_loras(loras, lora_local)
     return gen
+
+
+def saved_parameters(folder: Path) -> int | None:
+    """Parameters stored in ``folder``'s ``*.safetensors`` files, read from their headers (None: no such files)."""
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for file in files:
+        with safe_open(str(file), "pt") as f:
+            total += sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
+    return total
 
 
 def _load_musicgen(source: str, dev: torch.device, dt: torch.dtype, local_files_only: bool, attention: str,

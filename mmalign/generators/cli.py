@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from mmalign.data.prompts import read_prompts
+from mmalign.devices import DTYPE_HELP, check_dtype_option, dtype_name
 from mmalign.errors import InputError
 from mmalign.fileio import atomic_write, atomic_write_jsonl
 from mmalign.generators.attention import BACKENDS
@@ -52,6 +53,7 @@ def sample_command(
     out: Path = typer.Option(..., "--out", help="output folder"),
     grid: bool = typer.Option(False, "--grid", help="also write grid.png (images) / a frames contact sheet (video)"),
     device: str = typer.Option("auto", "--device"),
+    dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
     attention: str = typer.Option("sdpa", "--attention", help=" | ".join(BACKENDS)),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
@@ -62,20 +64,20 @@ def sample_command(
         raise InputError(f"--n {n} --batch-size {batch_size}: both must be at least 1")
     loras = parse_lora_args(lora)
     texts = _read_prompts(prompts, prompts_file)
-    gen = load_generator(generator, device=device, attention=attention, lora=loras)
+    gen = load_generator(generator, device=device, dtype=check_dtype_option(dtype), attention=attention, lora=loras)
     length = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
     media = gen.sample(texts, n=n, seed=seed, steps=steps, guidance=guidance, batch_size=batch_size, progress=not quiet,
                        **length)
     paths = save_media(media, out, names=[f"{i:05d}" for i in range(len(media))])
-    rows = []
+    rows, precision = [], dtype_name(gen.dtype)
     for i, path in enumerate(paths):
         meta = media.metadata[i] if media.metadata else {}
         rows.append({"file": Path(path).name, "prompt": media.prompts[i], "seed": seed, "item_seed": meta.get("seed"),
-                     "index": meta.get("index", i), "prompt_index": meta.get("prompt_index")})
+                     "index": meta.get("index", i), "prompt_index": meta.get("prompt_index"), "dtype": precision})
     atomic_write_jsonl(out / "manifest.jsonl", rows)
     if grid and not write_grid(media, out / "grid.png", columns=n):
         typer.echo("--grid: no contact sheet for audio", err=True)
-    typer.echo(f"wrote {len(media)} {media.modality} samples to {out}")
+    typer.echo(f"wrote {len(media)} {media.modality} samples ({precision}) to {out}")
 
 
 def register(app: typer.Typer) -> None:

@@ -31,6 +31,10 @@ class MusicGenGenerator(Generator, family="musicgen", modality="audio"):
         self.defaults = {**type(self).defaults, **(defaults or {})}
 
     @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
     def sample_rate(self) -> int:
         return int(self.model.config.audio_encoder.sampling_rate)
 

@@ -3,7 +3,14 @@
 Subclasses implement one method, :meth:`Scorer._score_batch` (a chunk of media of a modality the
 scorer supports, plus one prompt per item → ``Tensor[b]``). This class does everything else once:
 input checks, prompt broadcasting, batching, progress, ``no_grad`` unless ``differentiable=True``,
-autocast on accelerators and frame aggregation for image scorers given videos (``video.py``).
+the compute dtype and frame aggregation for image scorers given videos (``video.py``).
+
+Precision: the weights of :meth:`Scorer.compute_modules` are cast to ``dtype`` once
+(:func:`mmalign.devices.cast_weights`), and a subclass casts its model input to ``dtype`` once per
+batch; there is no per-op autocast (on a CPU it is slower than fp32). Scores are fp32.
+``dtype="auto"`` decides from the device and the size of the compute modules
+(:func:`mmalign.devices.auto_dtype`). A subclass sets its modules *before* calling
+``Scorer.__init__``, which moves them to the device and casts them.
 
 Items of different sizes come as a :class:`~mmalign.media.MediaList` (or a plain list of
 batches). By default :meth:`Scorer._score_items` scores each run of equal-shaped items of a chunk
@@ -28,8 +35,8 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from mmalign.devices import resolve_device, resolve_dtype
-from mmalign.errors import InputError
+from mmalign.devices import cast_weights, dtype_name, num_parameters, resolve_device, resolve_dtype
+from mmalign.errors import ConfigError, InputError
 from mmalign.media import AudioBatch, ImageBatch, MediaList, VideoBatch, concat, stack_key
 from mmalign.registry import Registry
 from mmalign.scoring.card import ScorerCard
@@ -84,7 +91,8 @@ class Scorer:
     Attributes: ``name``, ``modalities`` (what ``score`` accepts; image scorers also accept videos,
     scored by frame aggregation unless ``native_video``), ``needs_prompts``,
     ``bt_scale`` (β of ``compare``), ``video_reduce`` / ``video_stride`` (frame aggregation),
-    ``device``, ``dtype`` (compute dtype; autocast when it is not fp32), ``card`` (or None).
+    ``device``, ``dtype`` (compute dtype of :meth:`compute_modules`, whose weights are cast to it),
+    ``card`` (or None).
     """
 
     modalities: tuple[str, ...] = ("image",)
@@ -95,7 +103,8 @@ class Scorer:
                  bt_scale: float = 1.0, video_reduce: str = "mean", video_stride: int = 1, card: ScorerCard | None = None):
         self.name = name
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        self.dtype = torch.float32  # the weights as built; `to` casts them
+        self.to(self.device, resolve_dtype(None, self.device) if dtype is None else dtype)
         self.bt_scale = float(bt_scale)
         self.video_reduce = video_reduce
         self.video_stride = int(video_stride)
@@ -119,14 +128,29 @@ class Scorer:
         """The torch modules to move with :meth:`to` (subclasses list theirs)."""
         return []
 
+    def compute_modules(self) -> list[torch.nn.Module]:
+        """The modules that compute in :attr:`dtype` (their weights are cast); default: all of :meth:`modules`."""
+        return self.modules()
+
     # -- public API ----------------------------------------------------------------------------
     def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> "Scorer":
+        """Move the modules to ``device`` and cast the compute modules' weights to ``dtype`` (or ``"auto"``)
+        once. Casting down is one way: a bf16 scorer cast back to fp32 would keep bf16-rounded weights,
+        so that is an error (reload it with ``dtype="fp32"``)."""
         if device is not None:
             self.device = resolve_device(device)
             for m in self.modules():
                 m.to(self.device)
         if dtype is not None:
-            self.dtype = resolve_dtype(dtype, self.device)
+            compute = self.compute_modules()
+            new = resolve_dtype(dtype, self.device, params=num_parameters(compute) if compute else 0,
+                                what=f"scorer {self.name!r}")
+            if compute and new.itemsize > self.dtype.itemsize:
+                raise ConfigError(f"scorer {self.name!r} computes in {self.dtype}; casting its weights up to {new} "
+                                  f"would not restore their precision. Load it again with dtype={dtype_name(new)!r}")
+            for m in compute:
+                cast_weights(m, new)
+            self.dtype = new
         return self
 
     def check_modality(self, media: Media) -> None:
@@ -161,17 +185,12 @@ class Scorer:
         show = progress if progress is not None else len(media) > 8 * batch_size
         out = []
         grad = contextlib.nullcontext() if differentiable else torch.no_grad()
-        with grad, self._autocast():
+        with grad:
             for s in tqdm(starts, desc=f"scoring ({self.name})", disable=not show, unit="batch"):
                 chunk, p = media[s : s + batch_size].to(self.device), prompts[s : s + batch_size]
                 scores = self._score_items(chunk, p) if isinstance(chunk, MediaList) else self._score_batch(chunk, p)
                 out.append(scores.float())
         return torch.cat(out) if out else torch.zeros(0, device=self.device)
-
-    def _autocast(self):
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
 
     def compare(self, a: Media | torch.Tensor, b: Media | torch.Tensor, prompts: str | Sequence[str] | None = None,
                 **kw) -> torch.Tensor:
@@ -206,4 +225,4 @@ class Scorer:
         return orders
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, modalities={self.modalities}, device={self.device})"
+        return f"{type(self).__name__}(name={self.name!r}, modalities={self.modalities}, device={self.device}, dtype={self.dtype})"

@@ -101,10 +101,10 @@ class ClapScorer(Scorer):
     modalities = ("audio",)
 
     def __init__(self, model: nn.Module, tokenizer: Callable, frontend: MelFrontend, *, formula: str = "cosine", **kw):
-        super().__init__(**kw)
         if formula not in ("cosine", "scaled_cosine"):
             raise InputError(f"CLAP formula must be 'cosine' or 'scaled_cosine', got {formula!r}")
-        self.model, self.tokenizer, self.frontend, self.formula = model.eval().to(self.device), tokenizer, frontend, formula
+        self.model, self.tokenizer, self.frontend, self.formula = model.eval(), tokenizer, frontend, formula
+        super().__init__(**kw)  # moves the model to the device and casts it to the compute dtype
 
     def modules(self) -> list[nn.Module]:
         return [self.model]
@@ -123,7 +123,7 @@ class ClapScorer(Scorer):
 
     def audio_embeddings(self, audio: AudioBatch) -> torch.Tensor:
         mel, longer = self.features(audio)
-        out = self.model.get_audio_features(input_features=mel, is_longer=longer)
+        out = self.model.get_audio_features(input_features=mel.to(self.dtype), is_longer=longer)  # mel in fp32, cast once
         return out if isinstance(out, torch.Tensor) else out.pooler_output
 
     def text_embeddings(self, prompts: list[str]) -> torch.Tensor:

@@ -10,31 +10,10 @@ from typing import Optional
 import typer
 
 from mmalign.data.prompts import read_prompts
+from mmalign.devices import DTYPE_HELP, check_dtype_option, dtype_name
 from mmalign.errors import ConfigError, InputError
 from mmalign.fileio import atomic_write_jsonl
-
-_PROMPT_KEYS = ("prompt", "caption", "text")
-_FILE_KEYS = ("file", "path", "media", "image", "video", "audio")
-
-
-def _read_manifest(path: Path) -> dict[str, str]:
-    """``{file name: prompt}`` from a JSONL manifest (keys ``file``/``path``… and ``prompt``/``caption``)."""
-    out = {}
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-        row = row if isinstance(row, dict) else {}
-        f = next((row[k] for k in _FILE_KEYS if k in row), None)
-        p = next((row[k] for k in _PROMPT_KEYS if k in row), None)
-        if not isinstance(f, str) or not isinstance(p, str):
-            raise InputError(f"{path}:{i}: a manifest row needs a file ({'/'.join(_FILE_KEYS)}) and a prompt ({'/'.join(_PROMPT_KEYS)})")
-        out[Path(f).name] = p
-    return out
-
+from mmalign.media import read_media_manifest
 
 def prompts_for(files: list[Path], every: list[Path], media_dir: Path, prompts_file: Path | None) -> list[str]:
     """One prompt per loaded file: from ``--prompts-file`` (.txt: one line per media file in sorted
@@ -48,7 +27,7 @@ def prompts_for(files: list[Path], every: list[Path], media_dir: Path, prompts_f
     if not prompts_file.exists():
         raise InputError(f"{prompts_file}: no such prompts file")
     if prompts_file.suffix == ".jsonl":
-        table = _read_manifest(prompts_file)
+        table = read_media_manifest(prompts_file)
         missing = [f.name for f in files if f.name not in table]
         if missing:
             raise InputError(f"{prompts_file}: no prompt for {missing[:5]}{' …' if len(missing) > 5 else ''}")
@@ -76,9 +55,11 @@ def _summary(rows: list[dict]) -> str:
 
 
 def score_folder(scorer_name: str, media_dir: Path, prompts_file: Path | None = None, *, on_error: str = "raise",
-                 batch_size: int = 32, device: str = "auto", progress: bool = True) -> tuple[list[dict], object]:
+                 batch_size: int = 32, device: str = "auto", progress: bool = True,
+                 dtype: str | None = None) -> tuple[list[dict], object]:
     """Load a folder (``mmalign.media.load_folder``, items kept at their own sizes: each scorer resizes
-    every item itself), score every file → rows ``{file, prompt, score, scorer}``. Under ``accelerate launch``
+    every item itself), score every file → rows ``{file, prompt, score, scorer, dtype}`` (``dtype``: the
+    scorer's compute precision, see :mod:`mmalign.devices`). Under ``accelerate launch``
     (or ``torchrun``) each process scores a contiguous share of the files and the scores are gathered in
     input order."""
     from mmalign.media import load_folder
@@ -88,7 +69,7 @@ def score_folder(scorer_name: str, media_dir: Path, prompts_file: Path | None = 
     from accelerate.utils import gather_object
 
     state = PartialState(cpu=device == "cpu")  # under accelerate launch / torchrun: this process's share
-    scorer = load_scorer(scorer_name, device=str(state.device) if state.num_processes > 1 else device)
+    scorer = load_scorer(scorer_name, device=str(state.device) if state.num_processes > 1 else device, dtype=dtype)
     modality = scorer.modalities[0] if len(scorer.modalities) == 1 else None
     media, report = load_folder(media_dir, modality, on_error=on_error, progress=progress and state.is_main_process,
                                 ragged=True)
@@ -100,7 +81,9 @@ def score_folder(scorer_name: str, media_dir: Path, prompts_file: Path | None = 
                               progress=progress and state.is_main_process).tolist() if mine else []
     if state.num_processes > 1:
         scores = gather_object(scores)  # rank order = input order
-    rows = [{"file": f.name, "prompt": p, "score": float(s), "scorer": scorer.name} for f, p, s in zip(files, prompts, scores)]
+    precision = dtype_name(scorer.dtype)
+    rows = [{"file": f.name, "prompt": p, "score": float(s), "scorer": scorer.name, "dtype": precision}
+            for f, p, s in zip(files, prompts, scores)]
     return rows, report
 
 
@@ -115,6 +98,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("scores.jsonl"), "--out", help="Output JSONL (one row per file)."),
         batch_size: int = typer.Option(32, "--batch-size"),
         device: str = typer.Option("auto", "--device"),
+        dtype: str = typer.Option("auto", "--dtype", help=DTYPE_HELP),
         on_error: str = typer.Option("raise", "--on-error", help="'raise' or 'skip' unreadable files."),
         quiet: bool = typer.Option(False, "--quiet"),
     ) -> None:
@@ -122,13 +106,13 @@ def register(app: typer.Typer) -> None:
         from accelerate import PartialState
 
         rows, report = score_folder(scorer, media, prompts_file, on_error=on_error, batch_size=batch_size, device=device,
-                                    progress=not quiet)
+                                    progress=not quiet, dtype=check_dtype_option(dtype))
         if not PartialState().is_main_process:
             return  # the main process writes the gathered scores
         atomic_write_jsonl(out, rows)
         if report.skipped:
             typer.echo(str(report), err=True)
-        typer.echo(f"{scorer}: {_summary(rows)}\nwrote {out}")
+        typer.echo(f"{scorer} ({rows[0]['dtype'] if rows else dtype}): {_summary(rows)}\nwrote {out}")
 
     @app.command("train-scorer")
     def train_cmd(
@@ -151,7 +135,7 @@ def register(app: typer.Typer) -> None:
 
         pairs = read_pair_set(data, resolution=resolution)
         held = read_pair_set(eval_data, resolution=resolution) if eval_data else None
-        scorer = load_scorer(base, device=device)
+        scorer = load_scorer(base, device=device, dtype="fp32")  # fp32 master weights (autocast on CUDA)
         if scorer.card is None or scorer.card.architecture.family != "open_clip":
             raise ConfigError(f"train-scorer: {base!r} is not an open_clip-family scorer; start from e.g. synth-hps or hpsv2.1")
         train_scorer(scorer, pairs, steps=steps, batch_size=batch_size, lr=lr, seed=seed, progress=not quiet,

@@ -114,15 +114,15 @@ class ClipScorer(Scorer):
     def __init__(self, model: nn.Module, tokenizer: Callable, preprocess: ImagePreprocess, *, backend: str = "open_clip",
                  formula: str = "cosine", head: nn.Module | None = None, reference_preprocess: PilPreprocess | None = None,
                  **kw):
-        super().__init__(**kw)
         if formula not in FORMULAS:
             raise InputError(f"unknown score formula {formula!r}; use one of {FORMULAS}")
         if formula == "aesthetic_mlp" and head is None:
             raise InputError("formula 'aesthetic_mlp' needs a head module")
         if backend not in ("open_clip", "hf"):
             raise InputError(f"unknown CLIP backend {backend!r}; use 'open_clip' or 'hf'")
-        self.model = model.eval().to(self.device)
-        self.head = None if head is None else head.eval().to(self.device)
+        self.model = model.eval()
+        self.head = None if head is None else head.eval()
+        super().__init__(**kw)  # moves both to the device, casts the dual encoder to the compute dtype
         self.tokenizer, self.preprocess, self.backend, self.formula = tokenizer, preprocess, backend, formula
         self.reference_preprocess = reference_preprocess
         self.needs_prompts = formula != "aesthetic_mlp"
@@ -130,9 +130,14 @@ class ClipScorer(Scorer):
     def modules(self) -> list[nn.Module]:
         return [m for m in (self.model, self.head) if m is not None]
 
+    def compute_modules(self) -> list[nn.Module]:
+        """The dual encoder; the aesthetic head (0.9M parameters) stays fp32 on the fp32 normalised embedding."""
+        return [self.model]
+
     # -- the two towers -------------------------------------------------------------------------
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Raw (unnormalised) image embeddings of preprocessed pixels ``[B,3,S,S]``."""
+        pixels = pixels.to(self.dtype)  # the one cast of the input; preprocessing ran in fp32
         if self.backend == "open_clip":
             return self.model.encode_image(pixels)
         return _pooled(self.model.get_image_features(pixel_values=pixels))

@@ -255,7 +255,7 @@ def build_vlm_judge(card: ScorerCard, local_files_only: bool | None = None, *, g
         if path is None:
             raise ConfigError(f"scorer {card.name!r}: a VLM judge needs weights (checkpoint) or a generate= function")
         dev = resolve_device(kw.get("device", "auto"))
-        generate = load_qwen_vl(str(path), dev, resolve_dtype(kw.get("dtype"), dev), j.max_new_tokens,
-                                local_files_only=True)
+        kw["dtype"] = resolve_dtype(kw.get("dtype"), dev, what=f"judge {card.name!r}")  # a VLM: "auto" takes it as large
+        generate = load_qwen_vl(str(path), dev, kw["dtype"], j.max_new_tokens, local_files_only=True)
     return JudgeScorer(generate, point_template=j.point_template, pair_template=j.pair_template,
                        image_size=j.image_size, max_frames=j.max_frames, card=card, **kw)

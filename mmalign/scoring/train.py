@@ -14,6 +14,7 @@ predicted ties wrong).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -24,7 +25,8 @@ from typing import Callable, Sequence
 import torch
 
 from mmalign.data.pairs import RankingDataset, read_preferences
-from mmalign.errors import CheckpointError, InputError
+from mmalign.devices import resolve_dtype
+from mmalign.errors import CheckpointError, ConfigError, InputError
 from mmalign.fileio import atomic_write, atomic_write_json, atomic_write_text
 from mmalign.media import concat
 from mmalign.paths import asset_path
@@ -129,6 +131,12 @@ def train_scorer(scorer: Scorer, pairs: PairSet, *, steps: int = 1000, batch_siz
     if steps < 1 or batch_size < 1 or len(pairs) == 0:
         raise InputError(f"train_scorer: need steps ≥ 1, batch_size ≥ 1 and at least one pair; got steps={steps}, "
                          f"batch_size={batch_size}, {len(pairs)} pairs")
+    if scorer.dtype != torch.float32:
+        raise ConfigError(f"train_scorer: scorer {scorer.name!r} holds {scorer.dtype} weights; training keeps fp32 master "
+                          "weights: load it with dtype='fp32' (on CUDA the forward runs under bf16/fp16 autocast)")
+    device = next(model.parameters()).device
+    # CUDA: the forward under autocast (fp32 weights, as before); CPU: fp32 (autocast is slower than fp32 there)
+    amp = torch.autocast("cuda", dtype=resolve_dtype(None, device)) if device.type == "cuda" else contextlib.nullcontext()
     rng = random.Random(seed)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -137,11 +145,12 @@ def train_scorer(scorer: Scorer, pairs: PairSet, *, steps: int = 1000, batch_siz
     targets = pair_targets(pairs.labels)
     losses: list[float] = []
     model.train()
-    with owned_rng(seed, next(model.parameters()).device):
+    with owned_rng(seed, device):
         for step in tqdm(range(steps), desc=f"train {scorer.name}", disable=not progress):
             idx = rng.sample(range(len(pairs)), min(batch_size, len(pairs)))
-            logits = pair_logits(scorer, pairs.a[idx], pairs.b[idx], [pairs.prompts[i] for i in idx])
-            loss = preference_cross_entropy(logits, targets[idx].to(logits.device))
+            with amp:
+                logits = pair_logits(scorer, pairs.a[idx], pairs.b[idx], [pairs.prompts[i] for i in idx])
+            loss = preference_cross_entropy(logits.float(), targets[idx].to(logits.device))
             if not torch.isfinite(loss):
                 raise CheckpointError(f"train_scorer: non-finite loss at step {step}; lower the learning rate (lr={lr})")
             opt.zero_grad(set_to_none=True)

@@ -57,7 +57,9 @@ class Annotator:
 
     def choose_from_utilities(self, ua: torch.Tensor, ub: torch.Tensor) -> torch.Tensor:
         """Labels for pairs with noisy utilities ``ua``, ``ub``: 1.0 (a wins), 0.0 (b wins) or 0.5 (tie)."""
-        d = (ua - ub).numpy()
+        return self._choose((ua - ub).numpy())
+
+    def _choose(self, d: np.ndarray) -> torch.Tensor:
         p = 1.0 / (1.0 + np.exp(-d / self.temperature))
         wins = (self._rng.random(len(d)) < p).astype(np.float32)
         wins[np.abs(d) < self.tie_margin] = 0.5
@@ -71,8 +73,17 @@ class Annotator:
         return self.judge(self.true_utility(a, prompts), self.true_utility(b, prompts))
 
     def judge(self, true_a: torch.Tensor, true_b: torch.Tensor) -> torch.Tensor:
-        """Choices between items of true utilities ``true_a[i]`` and ``true_b[i]`` (noise drawn per judgment)."""
-        return self.choose_from_utilities(self._noisy(true_a), self._noisy(true_b))
+        """Choices between items of true utilities ``true_a[i]`` and ``true_b[i]``.
+
+        One noise draw per judgment, on the difference (``√2·noise``: the spread of two independent
+        perceptions), so two items the rater cannot tell apart — identical media, equal true utility —
+        are always a tie, and a model compared with itself wins exactly half.
+        """
+        d = (true_a - true_b).double().numpy()
+        same = d == 0
+        labels = self._choose(d + self._rng.normal(0.0, self.noise * np.sqrt(2.0), len(d)))
+        labels[torch.from_numpy(same)] = 0.5
+        return labels
 
     def rank(self, group: Media, prompt: str) -> list[int]:
         """A k-wise ranking (best first) of the items of ``group``, all made for ``prompt``."""

@@ -58,7 +58,7 @@ def _synth_hps(ctx: LoadContext) -> Backbone:
     try:
         from mmalign.scoring import load_scorer  # type: ignore[attr-defined]
 
-        scorer = load_scorer("synth-hps", device=str(ctx.device))
+        scorer = load_scorer("synth-hps", device=str(ctx.device), dtype=ctx.dtype)
     except Exception as err:
         raise BackboneMissing(f"synth-hps scorer not available ({type(err).__name__}: {err}); "
                               "train it with `python -m mmalign.zoo.train_scorers --scorer synth-hps`") from err
