@@ -141,3 +141,13 @@ def empty_cache(device: torch.device) -> None:
         torch.cuda.empty_cache()
     elif device.type == "mps":
         torch.mps.empty_cache()
+
+
+def process_state(device: str | torch.device = "auto"):
+    """accelerate's ``PartialState`` of this process: under ``accelerate launch`` / torchrun its rank, share
+    (``split_between_processes``) and device; alone, a one-process state. CPU processes join a gloo group
+    (``device`` ``cpu``, or no CUDA device), GPU processes the CUDA backend."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=str(device) == "cpu" or not torch.cuda.is_available())
+

@@ -561,6 +561,24 @@ class Trainer:
                 master.grad = p.grad.float() if master.grad is None else master.grad + p.grad.float()
                 p.grad = None
 
+    def _save_params(self, path: Path) -> None:
+        """The trainable parameters (fp32 masters) to ``path``, atomically; every process writes the same
+        weights, so each reads back a complete file without waiting for another."""
+        from safetensors.torch import save_file
+
+        tensors = _cpu_tensors(self.params)
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+
+    def _load_params(self, path: Path) -> None:
+        """The trainable parameters from ``path`` (written by :meth:`_save_params`), into masters and model."""
+        from safetensors.torch import load_file
+
+        weights = load_file(str(path))
+        with torch.no_grad():
+            for k, p in self.params.items():
+                p.copy_(weights[k].to(p))
+        self._masters_to_model()
+
     def _masters_to_model(self) -> None:
         """Copy the fp32 masters into the model's bf16 copies (once per step: a LoRA's few parameters;
         Micikevicius et al. 2018, "Mixed Precision Training", §3.1)."""
@@ -632,10 +650,7 @@ class Trainer:
             value = metrics[es.metric]
             if st.best is None or value > st.best + es.min_delta:
                 st.best, st.best_step, st.bad_evals = value, st.step, 0
-                tensors = _cpu_tensors(self.params)
-                from safetensors.torch import save_file
-
-                atomic_write(self.out / "best.safetensors", lambda tmp: save_file(tensors, str(tmp)))
+                self._save_params(self.out / "best.safetensors")
             else:
                 st.bad_evals += 1
                 if st.bad_evals >= es.patience:
@@ -650,8 +665,6 @@ class Trainer:
         """The reward-hacking guard (``eval.guard``): pops ``metrics["items"]``, adds ``guard/*`` metrics and
         a flag when the proxy rose while the judge fell (vs step 0). True: stop (``guard.stop``), with the
         weights of the last unflagged evaluation restored."""
-        from safetensors.torch import load_file, save_file
-
         from mmalign.align.guard import divergence
 
         guard, st = self.recipe.eval.guard, self.state
@@ -669,19 +682,15 @@ class Trainer:
             flagged = d["flagged"]
             metrics.update({"guard/proxy_delta": d["proxy"][0], "guard/judge_delta": d["judge"][0], "guard/flagged": float(flagged)})
         if not flagged:
-            if guard.stop and self.accelerator.is_main_process:
-                tensors = _cpu_tensors(self.params)
-                atomic_write(snapshot, lambda tmp: save_file(tensors, str(tmp)))
+            if guard.stop:
+                self._save_params(snapshot)
             return False
         st.flags.append({k: d[k] for k in ("step", "proxy", "judge", "message")})
         tqdm.write(f"warning: {d['message']}")
         if not guard.stop:
             return False
         self.accelerator.wait_for_everyone()
-        kept = load_file(str(snapshot))
-        with torch.no_grad():
-            for k, p in self.params.items():
-                p.copy_(kept[k].to(p))
+        self._load_params(snapshot)
         st.best_step = None  # the restored weights are final; no early-stopping swap
         return True
 
@@ -706,13 +715,10 @@ class Trainer:
         ``load_generator`` open; a bare adapter without a generator leaves ``denoiser.safetensors``. Both
         hold the resolved ``recipe.yaml``.
         """
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import save_file
 
         if self.state.best_step is not None and self.state.best_step != self.state.step:
-            best = load_file(str(self.out / "best.safetensors"))
-            with torch.no_grad():
-                for k, p in self.params.items():
-                    p.copy_(best[k].to(p))
+            self._load_params(self.out / "best.safetensors")
         for name, p in self.compute_params.items():  # the model ends with the fp32 masters (saved exactly)
             p.data = self.params[name].detach().clone()
         final = self.out / "final"

@@ -26,6 +26,7 @@ from typing import Protocol
 
 import torch
 
+from mmalign.errors import ConfigError
 from mmalign.bench.backbones import (
     Backbone,
     BackboneMissing,
@@ -130,7 +131,8 @@ class Owlv2Detector:
         return out
 
     def caption(self, frames: torch.Tensor) -> list[str]:
-        raise NotImplementedError("OWLv2 detects, it does not caption; the scene dimension needs a captioner")
+        raise ConfigError("OWLv2 detects, it does not caption: the scene dimension needs a captioner backbone "
+                          "(tag2text or blip-caption) for the suite's 'captioner' role")
 
 
 @dataclass

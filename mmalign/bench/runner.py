@@ -303,9 +303,9 @@ def dist_state(device: str = "auto"):
     processes talk over gloo when ``device`` is ``cpu`` or no GPU is present)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
-    from accelerate import PartialState
+    from mmalign.devices import process_state
 
-    return PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+    return process_state(device)
 
 
 def run_benchmark(

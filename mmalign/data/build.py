@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import torch
 
-from mmalign.devices import dtype_name
+from mmalign.devices import dtype_name, process_state
 from mmalign.errors import InputError
 from mmalign.fileio import atomic_write_json, atomic_write_jsonl
 from mmalign.media import save_media
@@ -93,8 +93,6 @@ def build_preferences(generator: Any, scorers: Sequence[Any], prompts: Sequence[
     scores are gathered in input order and the main process writes the manifests, so N processes
     write what one would.
     """
-    from accelerate import PartialState
-
     if mode not in MODES:
         raise InputError(f"mode must be one of {MODES}, got {mode!r}")
     if k < 2 or (mode == "unifiedreward" and k % 2):
@@ -103,7 +101,7 @@ def build_preferences(generator: Any, scorers: Sequence[Any], prompts: Sequence[
         raise InputError("give at least one scorer")
     prompts = list(prompts)
     out = Path(out)
-    state = PartialState(cpu=not torch.cuda.is_available())  # gloo on CPUs, the CUDA backend on GPUs
+    state = process_state()
     with state.split_between_processes(list(range(len(prompts)))) as mine:  # contiguous, in order
         rows = _sample_and_score(generator, scorers, prompts, mine, out, k, seed, mode, batch_size,
                                  progress and state.is_main_process, sample_kwargs or {})

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from mmalign.devices import DTYPE_HELP, check_dtype_option
+from mmalign.devices import DTYPE_HELP, check_dtype_option, process_state
 from mmalign.generators.lora import LORA_HELP
 
 
@@ -35,9 +35,6 @@ def register(app: typer.Typer) -> None:
         """Build preference data (pairs and Syn-Pic k-wise rankings) from a generator and scorers.
 
         Under ``accelerate launch`` each process samples and scores a share of the prompts; the files equal one process's."""
-        import torch
-        from accelerate import PartialState
-
         from mmalign.data.build import build_preferences
         from mmalign.data.prompts import read_prompts
         from mmalign.generators import load_generator
@@ -46,7 +43,7 @@ def register(app: typer.Typer) -> None:
 
         loras = parse_lora_args(lora)
         prompt_list = read_prompts(prompts, n_prompts, seed) if prompts else None  # a bad file fails before loading
-        state = PartialState(cpu=not torch.cuda.is_available())  # under accelerate launch: each process samples a share of the prompts
+        state = process_state()  # under accelerate launch: each process samples a share of the prompts
         device = str(state.device) if state.num_processes > 1 else "auto"
         gen = load_generator(generator, lora=loras, device=device, dtype=check_dtype_option(dtype))
         if prompt_list is None:

@@ -65,10 +65,11 @@ def score_folder(scorer_name: str, media_dir: Path, prompts_file: Path | None = 
     from mmalign.media import load_folder
     from mmalign.scoring import load_scorer
 
-    from accelerate import PartialState
     from accelerate.utils import gather_object
 
-    state = PartialState(cpu=device == "cpu")  # under accelerate launch / torchrun: this process's share
+    from mmalign.devices import process_state
+
+    state = process_state(device)  # under accelerate launch / torchrun: this process's share
     scorer = load_scorer(scorer_name, device=str(state.device) if state.num_processes > 1 else device, dtype=dtype)
     modality = scorer.modalities[0] if len(scorer.modalities) == 1 else None
     media, report = load_folder(media_dir, modality, on_error=on_error, progress=progress and state.is_main_process,
@@ -103,11 +104,11 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet"),
     ) -> None:
         """Score a folder of media against prompts; write scores.jsonl and print mean, std, per prompt."""
-        from accelerate import PartialState
+        from mmalign.devices import process_state
 
         rows, report = score_folder(scorer, media, prompts_file, on_error=on_error, batch_size=batch_size, device=device,
                                     progress=not quiet, dtype=check_dtype_option(dtype))
-        if not PartialState().is_main_process:
+        if not process_state(device).is_main_process:
             return  # the main process writes the gathered scores
         atomic_write_jsonl(out, rows)
         if report.skipped:
