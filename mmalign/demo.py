@@ -36,7 +36,7 @@ class DemoConfig(Card):
 
     modality: Literal["image", "video", "audio"] = Field("image", description="Which shipped generator to align")
     generator: str = Field("synth-sdxl", description="Generator preset, folder or hub id")
-    scorer: str = Field("synth-hps", description="Reward scorer the preference data is built with")
+    scorer: str = Field("synth-hps", description="Reward scorer the preference data is built with (also the proxy of the training's reward-hacking guard)")
     recipe: str = Field("synth-diffusion-dpo", description="Training recipe (shipped name or file)")
     recipe_overrides: list[str] = Field(default_factory=list, description="Extra --set overrides of the recipe, e.g. ['max_steps=100']")
     train_prompts: int = Field(192, gt=0, description="Train-split prompts the preference data is built from")
@@ -54,8 +54,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "image": {},
     "video": {"generator": "synth-video", "scorer": "synth-hps", "recipe": "synth-video-dpo", "train_prompts": 96,
               "val_prompts": 24, "eval_prompts": 96},
+    # 8 sampling steps instead of the generator's 24: the audio demo in about 2.5 min instead of 15
     "audio": {"generator": "synth-audio", "scorer": "synth-clap", "recipe": "synth-audio-dpo", "train_prompts": 96,
-              "val_prompts": 24, "eval_prompts": 96},
+              "val_prompts": 24, "eval_prompts": 96, "steps": 8},
 }
 
 
@@ -179,7 +180,7 @@ def run_demo(modality: str = "image", seed: int = 0, out: Path | None = None, ov
         shutil.rmtree(run_dir)
     result = train(cfg.recipe, overrides=[
         f"data.path={data.pairs if cfg.data == 'pairs' else data.rankings}", f"output_dir={run_dir}", f"data.cache_dir={out / 'cache'}",
-        f"eval.prompts={out / 'val_prompts.txt'}", "eval.n_prompts=null", f"seed={cfg.seed}",
+        f"eval.prompts={out / 'val_prompts.txt'}", "eval.n_prompts=null", f"eval.scorer={cfg.scorer}", f"seed={cfg.seed}",
         f"progress={not quiet}", f"eval.steps={cfg.steps or 'null'}", *cfg.recipe_overrides,
     ], generator=gen)
     timings["train_s"] = time.perf_counter() - t0 - timings["data_s"]

@@ -40,7 +40,7 @@ def pairs_dir(tmp_path_factory):
 def test_pairs_writes_the_one_pair_and_ranking_schema(pairs_dir):
     pairs = [json.loads(line) for line in (pairs_dir / "pairs.jsonl").read_text().splitlines()]
     rankings = [json.loads(line) for line in (pairs_dir / "rankings.jsonl").read_text().splitlines()]
-    assert pairs and all(set(p) == {"prompt", "chosen", "rejected", "label"} for p in pairs)
+    assert pairs and all(set(p) == {"prompt", "chosen", "rejected", "label", "margin"} for p in pairs)
     assert len(rankings) == 6 and all({"prompt", "items", "scores"} <= set(r) and len(r["items"]) == 2 for r in rankings)
     assert {r["prompt"] for r in rankings} <= set(read_prompts("synth-image-train"))  # the default prompt set
     assert isinstance(read_preferences(pairs_dir / "pairs.jsonl", ties="keep"), PairDataset)
@@ -50,6 +50,8 @@ def test_pairs_writes_the_one_pair_and_ranking_schema(pairs_dir):
         if pair is not None and pair["label"] == 1.0:
             psi = dict(zip(r["items"], r["scores"]))
             assert psi[pair["chosen"]] > psi[pair["rejected"]]
+            raw = dict(zip(r["items"], r["raw"]["synth-hps"]))  # the margin: the reward gap chosen − rejected
+            assert pair["margin"] == pytest.approx(raw[pair["chosen"]] - raw[pair["rejected"]], abs=1e-6)
 
 
 def test_pairs_bad_prompt_set_is_one_error_line(tmp_path):

@@ -13,6 +13,7 @@ from mmalign.data.cache import encode_dataset
 from mmalign.data.prompts import prompt_sets, read_prompts
 from mmalign.data.pairs import (
     PairDataset,
+    Ranking,
     RankingDataset,
     fit_resolution,
     read_manifest,
@@ -177,6 +178,32 @@ def test_build_preferences_writes_readable_manifests(tmp_path, mode):
         assert psi[p.chosen] > psi[p.rejected]
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
     assert meta["scorers"] == ["red", "green"] and meta["k"] == 4
+    raws = {json.loads(line)["prompt"]: json.loads(line) for line in res.rankings.read_text().splitlines()}
+    for p in pairs:  # the margin: the raw score gap chosen − rejected, averaged over the scorers
+        rec = raws[p.prompt]
+        i, j = rec["items"].index(p.chosen), rec["items"].index(p.rejected)
+        gap = sum(v[i] - v[j] for v in rec["raw"].values()) / 2
+        assert p.margin == pytest.approx(gap, abs=1e-6)
+
+
+def test_top_margin_keeps_the_pairs_with_the_largest_score_gap(tmp_path):
+    rows = [{"prompt": f"p{i}", "chosen": f"c{i}.png", "rejected": f"r{i}.png", "label": 1.0, "margin": m}
+            for i, m in enumerate([0.1, 0.5, 0.3, 0.2])]
+    rows.append({"prompt": "p4", "chosen": "c4.png", "rejected": "r4.png", "label": 0.0, "margin": -0.4})  # b won by 0.4
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pairs = read_manifest(path)
+    assert pairs[4].chosen == "r4.png" and pairs[4].margin == pytest.approx(0.4)
+    top = pairs.top_margin(0.4)
+    assert [p.prompt for p in top] == ["p1", "p4"] and top.source == pairs.source  # file order kept
+    assert len(pairs.top_margin(1.0)) == 5 and len(pairs.top_margin(0.01)) == 1
+    ranked = RankingDataset([Ranking("p", ("a", "b", "c"), (0.9, 0.2, 0.5))]).to_pairs("all")
+    assert [(p.chosen, p.rejected, p.margin) for p in ranked] == [("a", "c", pytest.approx(0.4)), ("a", "b", pytest.approx(0.7)),
+                                                                  ("c", "b", pytest.approx(0.3))]
+    rows[2].pop("margin")
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(InputError, match="1 of 5 pairs have no 'margin'"):
+        read_manifest(path).top_margin(0.5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,3 +329,14 @@ def test_read_pair_set_keeps_mixed_sizes_unless_resized(tmp_path):
     mixed = read_pair_set(path).a  # each scorer preprocesses each item on its own
     assert isinstance(mixed, MediaList) and tuple(mixed.items[1].pixels.shape) == (1, 3, 12, 10)
     assert read_pair_set(path, resolution=6).a.pixels.shape == (2, 3, 6, 6)
+
+
+def test_top_margin_is_a_recipe_key_for_pairwise_methods(tmp_path):
+    from mmalign.align.trainer import train
+    from mmalign.errors import ConfigError
+    from test_trainer_adapter import base_recipe
+
+    with pytest.raises(ConfigError, match="data.top_margin selects pairs; rank_dpo trains on whole rankings"):
+        train(base_recipe(tmp_path, method="rank_dpo", data={"top_margin": 0.5}), adapter=TinyAdapter())
+    with pytest.raises(InputError, match="8 of 8 pairs have no 'margin'"):  # written without margins
+        train(base_recipe(tmp_path, data={"top_margin": 0.5}), adapter=TinyAdapter())

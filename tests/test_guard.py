@@ -31,13 +31,18 @@ def test_divergence_flags_only_a_proxy_rise_with_a_judge_fall():
     ref = _items(rng)
     cfg = GuardConfig()
     hacked = divergence(ref, _items(rng, score=0.02, judge=-0.1, base=ref), cfg, step=100)
-    assert hacked["flagged"] and hacked["proxy"][1] > 0 and hacked["judge"][2] < 0
+    assert hacked["flagged"] and hacked["kind"] == "hacking" and hacked["proxy"][1] > 0 and hacked["judge"][2] < 0
     assert "reward hacking at step 100" in hacked["message"]
     for score, judge in ((0.02, 0.1), (0.0, -0.1), (-0.02, -0.1), (0.0, 0.0)):  # aligned, judge-only fall, both fall, noise
-        d = divergence(ref, _items(rng, score=score, judge=judge, base=ref), cfg, step=100)
-        assert not d["flagged"] and d["message"] == ""
+        d = divergence(ref, _items(rng, score=score, judge=judge, base=ref), GuardConfig(collapse=None), step=100)
+        assert not d["flagged"] and d["kind"] is None and d["message"] == ""
+    # a judge that falls far is flagged whatever the proxy does (collapse); a small fall is not
+    for score in (0.0, -0.02):
+        d = divergence(ref, _items(rng, score=score, judge=-0.2, base=ref), cfg, step=7)
+        assert d["kind"] == "collapse" and "collapsed at step 7" in d["message"]
+    assert not divergence(ref, _items(rng, score=-0.02, judge=-0.03, base=ref), cfg, step=7)["flagged"]
     # thresholds: a fall smaller than judge_fall does not count
-    assert not divergence(ref, _items(rng, score=0.02, judge=-0.1, base=ref), GuardConfig(judge_fall=0.2), step=1)["flagged"]
+    assert not divergence(ref, _items(rng, score=0.02, judge=-0.1, base=ref), GuardConfig(judge_fall=0.2, collapse=None), step=1)["flagged"]
     # paired: a model identical to the reference has Δ = 0 exactly
     same = divergence(ref, ref, cfg, step=5)
     assert same["proxy"] == (0.0, 0.0, 0.0) and same["judge"] == (0.0, 0.0, 0.0) and not same["flagged"]

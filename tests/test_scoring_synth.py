@@ -58,6 +58,33 @@ def test_synth_oracle_is_a_scorer_that_equals_the_oracle_and_loads_in_a_fresh_pr
     assert out.stdout.strip() == "OracleScorer"
 
 
+def test_synth_raters_rate_the_annotators_utility_with_a_fixed_noise_per_item(tmp_path):
+    from mmalign.media import load_media, save_media
+    from mmalign.synth.annotators import Annotator
+    from mmalign.synth.scorer import RaterPanelScorer
+
+    s = load_scorer("synth-raters", device="cpu")
+    assert (s.raters, s.seed) == (5, 0)
+    for modality in ("image", "video", "audio"):
+        prompts = sample_prompts(modality, 48, seed=2, split="heldout")
+        media = render(prompts, seed=3, modality=modality)
+        score = s.score(media, prompts, batch_size=7)
+        noise = score - Annotator().true_utility(media, prompts)
+        assert 0.03 < float(noise.std()) < 0.11  # the mean of 5 raters' N(0, 0.15²): σ = 0.067
+        order = list(range(47, -1, -1))
+        assert torch.equal(s.score(media[order], [prompts[i] for i in order], batch_size=48), score[order])  # per item
+        assert not torch.equal(score, RaterPanelScorer(raters=5, seed=1).score(media, prompts))  # another panel
+    # an item read back from the file it was saved to gets the raters' noise it had in memory
+    img = render(["a red circle", "two blue squares"], seed=0)
+    back = [load_media(p) for p in save_media(img, tmp_path, names=["a", "b"])]
+    noise_back = torch.cat([s.score(b, [p]) - Annotator().true_utility(b, [p]) for b, p in zip(back, img.prompts)])
+    assert torch.allclose(noise_back, s.score(img, img.prompts) - Annotator().true_utility(img, img.prompts), atol=1e-5)
+    with pytest.raises(InputError, match="at least one rater"):
+        RaterPanelScorer(raters=0)
+    with pytest.raises(InputError, match="no gradient"):
+        s.score(img, img.prompts, differentiable=True)
+
+
 def test_synth_hps_prefers_the_prompted_image_and_scores_videos_by_frames():
     s = load_scorer("synth-hps", device="cpu")
     assert s.modalities == ("image", "video") and s.bt_scale > 1.0

@@ -42,6 +42,7 @@ class DataConfig(Card):
     random_flip: bool = Field(False, description="Flip half of the images horizontally (--random_flip of the diffusers SDXL scripts); fixed per image")
     limit: int | None = Field(None, gt=0, description="Use at most this many records (for quick runs)")
     ranking_to_pairs: Literal["best-worst", "all"] = Field("best-worst", description="How k-wise rankings become pairs for the pairwise methods")
+    top_margin: float | None = Field(None, gt=0.0, le=1.0, description="Train on this fraction of the pairs, those whose chosen item beat the rejected one by the largest margin (the raw score gap `mmalign pairs` writes; for rankings, the score gap); None = all pairs")
     prompt_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of records trained with the empty prompt (the official train.py uses 0.2 for SDXL)")
     cache_dir: str | None = Field(None, description="Where encoded latents/text embeddings are stored (default: $MMALIGN_CACHE_DIR or ~/.cache/mmalign/latents)")
     shard_size: int = Field(1024, gt=0, description="Unique media items (and prompts) per shard of the latent cache; under accelerate each process encodes its own shards")
@@ -72,11 +73,12 @@ class EarlyStopping(Card):
 
 
 class GuardConfig(Card):
-    """Reward-hacking guard (:mod:`mmalign.align.guard`): the proxy rises while the held-out judge falls."""
+    """Reward-hacking guard (:mod:`mmalign.align.guard`): the proxy rises while the held-out judge falls, or the judge collapses."""
 
     level: float = Field(0.9, gt=0, lt=1, description="Two-sided level of the paired bootstrap CIs over eval prompts (0.9: each side one-sided 95%)")
     proxy_rise: float = Field(0.0, ge=0, description="The proxy (eval.scorer) counts as rising when its CI vs step 0 lies above this")
     judge_fall: float = Field(0.0, ge=0, description="The judge (eval.judge) counts as falling when its CI vs step 0 lies below minus this")
+    collapse: float | None = Field(0.05, gt=0, description="Also flag a judge that fell by more than this whatever the proxy did (its CI below minus this): the model is breaking; null = flag only divergence")
     stop: bool = Field(False, description="Stop the run when flagged and keep the weights of the last evaluation that was not")
 
 

@@ -194,10 +194,12 @@ def select_data(recipe: Recipe, dataset: PairDataset | RankingDataset) -> PairDa
                               f"method: sft; {recipe.method} needs pairs or rankings")
         return dataset
     if recipe.method in ("rank_dpo", "lipo"):
+        if recipe.data.top_margin is not None:
+            raise ConfigError(f"data.top_margin selects pairs; {recipe.method} trains on whole rankings: drop data.top_margin")
         return dataset.as_rankings() if isinstance(dataset, PairDataset) else dataset
     if isinstance(dataset, RankingDataset):
-        return dataset.to_pairs(recipe.data.ranking_to_pairs, recipe.data.ties)
-    return dataset
+        dataset = dataset.to_pairs(recipe.data.ranking_to_pairs, recipe.data.ties)
+    return dataset if recipe.data.top_margin is None else dataset.top_margin(recipe.data.top_margin)
 
 
 def compute_loss(recipe: Recipe, adapter: DiffusionAdapter, data: EncodedData, index: torch.Tensor,
@@ -663,7 +665,7 @@ class Trainer:
 
     def _guard(self, metrics: dict[str, Any]) -> bool:
         """The reward-hacking guard (``eval.guard``): pops ``metrics["items"]``, adds ``guard/*`` metrics and
-        a flag when the proxy rose while the judge fell (vs step 0). True: stop (``guard.stop``), with the
+        a flag when the proxy rose while the judge fell, or the judge collapsed (vs step 0). True: stop (``guard.stop``), with the
         weights of the last unflagged evaluation restored."""
         from mmalign.align.guard import divergence
 
@@ -685,7 +687,7 @@ class Trainer:
             if guard.stop:
                 self._save_params(snapshot)
             return False
-        st.flags.append({k: d[k] for k in ("step", "proxy", "judge", "message")})
+        st.flags.append({k: d[k] for k in ("step", "kind", "proxy", "judge", "message")})
         tqdm.write(f"warning: {d['message']}")
         if not guard.stop:
             return False

@@ -120,7 +120,9 @@ def build_preferences(generator: Any, scorers: Sequence[Any], prompts: Sequence[
         picks: list = best_worst(psi)
     else:
         picks = unifiedreward_sift(psi, torch.tensor([row["pair_prob"] for row in rows]))
-    pairs = [{"prompt": p, "chosen": rel[i * k + pick[0]], "rejected": rel[i * k + pick[1]], "label": pick[2]}
+    # margin: the raw score gap chosen − rejected, averaged over the scorers (data.top_margin selects by it)
+    pairs = [{"prompt": p, "chosen": rel[i * k + pick[0]], "rejected": rel[i * k + pick[1]], "label": pick[2],
+              "margin": float((raw[:, i, pick[0]] - raw[:, i, pick[1]]).mean())}
              for i, (p, pick) in enumerate(zip(prompts, picks)) if pick is not None]
     meta = {"generator": getattr(generator, "name", None) or type(generator).__name__, "scorers": scorer_names,
             "k": k, "seed": seed, "mode": mode, "prompts": len(prompts), "pairs": len(pairs),

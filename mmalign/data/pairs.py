@@ -57,6 +57,7 @@ class Pair:
     chosen: MediaRef
     rejected: MediaRef
     label: float = 1.0
+    margin: float | None = None  # how far the data's scorer put chosen above rejected (``mmalign pairs``), if known
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,16 @@ class PairDataset(_Dataset[Pair]):
         super().__init__(pairs, root, source, resolution)
         self.dropped_ties = dropped_ties
 
+    def top_margin(self, fraction: float) -> "PairDataset":
+        """The ``fraction`` of pairs with the largest :attr:`Pair.margin` (ties in margin keep file order)."""
+        unknown = sum(p.margin is None for p in self.entries)
+        if unknown:
+            raise InputError(f"{self.source}: {unknown} of {len(self)} pairs have no 'margin' (the scorer's gap that "
+                             "`mmalign pairs` writes); rebuild the data with `mmalign pairs` or drop data.top_margin")
+        keep = max(1, round(fraction * len(self)))
+        order = sorted(range(len(self)), key=lambda i: -self.entries[i].margin)[:keep]
+        return PairDataset([self.entries[i] for i in sorted(order)], self.root, self.source, self.fit, self.dropped_ties)
+
     def as_rankings(self) -> "RankingDataset":
         """Each pair as a k = 2 ranking with scores (label, 1 − label): a tie gives no ranked pair."""
         rankings = [Ranking(prompt, tuple(refs), tuple(scores)) for prompt, refs, scores in self._records()]
@@ -241,7 +252,7 @@ class RankingDataset(_Dataset[Ranking]):
                 if tie and ties == "drop":
                     dropped += 1
                     continue
-                pairs.append(Pair(r.prompt, r.items[i], r.items[j], 0.5 if tie else 1.0))
+                pairs.append(Pair(r.prompt, r.items[i], r.items[j], 0.5 if tie else 1.0, r.scores[i] - r.scores[j]))
         return PairDataset(pairs, self.root, self.source, self.fit, dropped_ties=dropped)
 
 
@@ -257,14 +268,15 @@ def _number(value: Any, where: str, what: str) -> float:
     return float(value)
 
 
-def _oriented(prompt: str, a: MediaRef, b: MediaRef, label: float, ties: str, where: str) -> Pair | None:
-    """Winner-first pair from (a, b, P(a ≻ b)); None for a dropped tie."""
+def _oriented(prompt: str, a: MediaRef, b: MediaRef, label: float, ties: str, where: str,
+              margin: float | None = None) -> Pair | None:
+    """Winner-first pair from (a, b, P(a ≻ b)) and a's score margin over b; None for a dropped tie."""
     if label == 1.0:
-        return Pair(prompt, a, b, 1.0)
+        return Pair(prompt, a, b, 1.0, margin)
     if label == 0.0:
-        return Pair(prompt, b, a, 1.0)
+        return Pair(prompt, b, a, 1.0, None if margin is None else -margin)
     if label == 0.5:
-        return None if ties == "drop" else Pair(prompt, a, b, 0.5)
+        return None if ties == "drop" else Pair(prompt, a, b, 0.5, margin)
     raise InputError(f"{where}: label {label!r} is not one of 1, 0, 0.5 (1 = first wins, 0.5 = tie)")
 
 
@@ -308,7 +320,8 @@ def _manifest_record(rec: Any, ties: str, where: str) -> Pair | Ranking | None:
         if not isinstance(rec["chosen"], str) or not isinstance(rec["rejected"], str):
             raise InputError(f"{where}: 'chosen' and 'rejected' must be media file paths (strings)")
         label = _number(rec.get("label", 1.0), where, "'label'")
-        return _oriented(rec["prompt"], rec["chosen"], rec["rejected"], label, ties, where)
+        margin = None if rec.get("margin") is None else _number(rec["margin"], where, "'margin'")
+        return _oriented(rec["prompt"], rec["chosen"], rec["rejected"], label, ties, where, margin)
     raise InputError(f"{where}: expected keys 'chosen' and 'rejected' (a pair), 'items' and 'scores' (a ranking) "
                      "or 'media' (a sample)")
 
