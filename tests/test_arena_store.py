@@ -203,6 +203,24 @@ def test_store_votes_once_and_rejects_bad_votes(db_url, sample_folders):
         store.add_model("empty", sample_folders["model0"].parent)
 
 
+def test_a_bad_sample_folder_is_refused_before_anything_is_added(tmp_path):
+    from mmalign.errors import InputError
+
+    store = Store(f"sqlite:///{tmp_path / 'a.db'}")
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    (folder / "manifest.jsonl").write_text('{"file": "gone.png", "prompt": "a red circle"}\n')
+    with pytest.raises(ArenaError, match="1 listed files do not exist, e.g. .*gone.png"):
+        store.add_model("m", folder)
+    (folder / "manifest.jsonl").write_text("")
+    with pytest.raises(ArenaError, match="no items"):
+        store.add_model("m", folder)
+    (folder / "manifest.jsonl").write_text('{"file": "gone.png"}\n')
+    with pytest.raises(InputError, match="a manifest row needs a file"):
+        store.add_model("m", folder)
+    assert store.model_names() == []  # nothing was registered
+
+
 def test_unreachable_database_is_a_clear_error(tmp_path):
     from mmalign.errors import InputError
 

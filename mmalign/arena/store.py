@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from mmalign.arena.ranking import check_vote
 from mmalign.errors import InputError
-from mmalign.media import modality_of
+from mmalign.media import modality_of, read_media_manifest
 
 metadata = MetaData()
 models = Table(
@@ -281,24 +281,14 @@ class Store:
 
 
 def _read_sample_manifest(folder: Path) -> list[tuple[Path, str]]:
-    """(media file, prompt) rows of a ``mmalign sample`` folder's ``manifest.jsonl``."""
+    """(media file, prompt) rows of a ``mmalign sample`` folder's ``manifest.jsonl`` (:func:`read_media_manifest`)."""
     path = folder / "manifest.jsonl"
     if not path.is_file():
         raise ArenaError(f"{folder}: no manifest.jsonl; make the folder with `mmalign sample --out {folder}`")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ArenaError(f"{path} line {n}: not valid JSON ({e})") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("file"), str) or not isinstance(rec.get("prompt"), str):
-            raise ArenaError(f"{path} line {n}: need 'file' and 'prompt' strings")
-        f = folder / rec["file"]
-        if not f.is_file():
-            raise ArenaError(f"{path} line {n}: {f} does not exist")
-        rows.append((f, rec["prompt"]))
+    rows = [(folder / name, prompt) for name, prompt in read_media_manifest(path).items()]
+    missing = [str(f) for f, _ in rows if not f.is_file()]
+    if missing:
+        raise ArenaError(f"{path}: {len(missing)} listed files do not exist, e.g. {missing[0]}")
     if not rows:
         raise ArenaError(f"{path}: no items")
     return rows
