@@ -4,10 +4,12 @@ This is where the synthetic world is wired into the generic loop: its prompts, i
 simulated annotators measure what the generic trainer did.
 
 1. load the shipped synthetic-world generator (``synth-sdxl`` for images) and scorer (``synth-hps``);
-2. build preference data on *train* prompts: k samples per prompt, scored, best vs worst
-   (``mmalign pairs``);
-3. train Diffusion-DPO with LoRA (``recipes/synth-diffusion-dpo.yaml``), logging a validation curve
-   on train-split prompts the preference data does not use;
+2. for a preference method (Diffusion-DPO, RankDPO, ...), build preference data on *train* prompts: k
+   samples per prompt, scored, best vs worst (``mmalign pairs``); reward backpropagation (``draft``,
+   the image default) needs no data: it samples the train prompts while it trains;
+3. train with LoRA (images: ``recipes/synth-draft.yaml``; video and audio: Diffusion-DPO,
+   ``recipes/synth-{video,audio}-dpo.yaml``), logging a validation curve on train-split prompts the
+   training does not use;
 4. evaluate base (the plain generator) vs aligned (``load_generator(generator, lora=run/final)``, as a
    user would load the trained LoRA) on **held-out** prompts with the same seeds: mean scorer
    reward, oracle per-skill accuracy and win-rate under a panel of simulated annotators, each with a
@@ -36,11 +38,11 @@ class DemoConfig(Card):
 
     modality: Literal["image", "video", "audio"] = Field("image", description="Which shipped generator to align")
     generator: str = Field("synth-sdxl", description="Generator preset, folder or hub id")
-    scorer: str = Field("synth-hps", description="Reward scorer the preference data is built with (also the proxy of the training's reward-hacking guard)")
-    recipe: str = Field("synth-diffusion-dpo", description="Training recipe (shipped name or file)")
+    scorer: str = Field("synth-hps", description="Reward scorer: the one the preference data is built with, or the one method: draft maximises (also the proxy of the training's reward-hacking guard)")
+    recipe: str = Field("synth-draft", description="Training recipe (shipped name or file); e.g. synth-diffusion-dpo for Diffusion-DPO on preference pairs")
     recipe_overrides: list[str] = Field(default_factory=list, description="Extra --set overrides of the recipe, e.g. ['max_steps=100']")
-    train_prompts: int = Field(192, gt=0, description="Train-split prompts the preference data is built from")
-    k: int = Field(4, ge=2, description="Samples per prompt, ranked by the scorer")
+    train_prompts: int = Field(192, gt=0, description="Train-split prompts the preference data is built from (method: draft samples them while it trains)")
+    k: int = Field(4, ge=2, description="Samples per prompt, ranked by the scorer (preference methods)")
     data: Literal["pairs", "rankings"] = Field("pairs", description="Train on best-vs-worst pairs, or on the full k-wise rankings (the recipe's method and data.ranking_to_pairs decide how)")
     val_prompts: int = Field(32, gt=0, description="Other train-split prompts for the validation curve")
     eval_prompts: int = Field(256, gt=0, description="Held-out prompts of the final comparison")
@@ -49,6 +51,9 @@ class DemoConfig(Card):
     steps: int | None = Field(None, gt=0, description="Sampling steps for the data, the validation curve and the evaluation (None: the generator's default)")
     seed: int = Field(0, description="Seed of prompts, sampling, training and the bootstrap")
 
+
+METHOD_NAMES = {"diffusion_dpo": "Diffusion-DPO", "rank_dpo": "RankDPO", "lipo": "LiPO-λ", "sft": "SFT",
+                "draft": "DRaFT reward backpropagation"}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "image": {},
@@ -146,6 +151,7 @@ def run_demo(modality: str = "image", seed: int = 0, out: Path | None = None, ov
 
     ``overrides`` are ``--set key=value`` changes of :class:`DemoConfig`, applied after ``changes``.
     """
+    from mmalign.align.config import load_recipe
     from mmalign.align.trainer import train
     from mmalign.data.build import build_preferences
     from mmalign.generators import load_generator
@@ -160,7 +166,8 @@ def run_demo(modality: str = "image", seed: int = 0, out: Path | None = None, ov
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
 
-    console.rule(f"mmalign demo — {cfg.modality}: Diffusion-DPO (LoRA) on {cfg.generator}, reward {cfg.scorer}")
+    method = load_recipe(cfg.recipe, cfg.recipe_overrides).method
+    console.rule(f"mmalign demo — {cfg.modality}: {METHOD_NAMES.get(method, method)} (LoRA) on {cfg.generator}, reward {cfg.scorer}")
     gen = load_generator(cfg.generator)
     scorer = load_scorer(cfg.scorer)
     train_prompts = sample_prompts(cfg.modality, cfg.train_prompts, seed=cfg.seed, split="train")
@@ -168,10 +175,18 @@ def run_demo(modality: str = "image", seed: int = 0, out: Path | None = None, ov
     eval_prompts = sample_prompts(cfg.modality, cfg.eval_prompts, seed=cfg.seed + 2, split="heldout")
     (out / "val_prompts.txt").write_text("\n".join(val_prompts) + "\n")
 
-    console.print(f"1/3 preference data: {cfg.train_prompts} train prompts × k={cfg.k} samples, scored by {cfg.scorer}")
     steps = {} if cfg.steps is None else {"steps": cfg.steps}
-    data = build_preferences(gen, [scorer], train_prompts, out / "data", k=cfg.k, seed=cfg.seed,
-                             batch_size=cfg.batch_size, progress=not quiet, sample_kwargs=steps)
+    if method == "draft":  # no preference data: the policy samples the train prompts while it trains
+        console.print(f"1/3 no preference data: {method} samples {cfg.train_prompts} train prompts while it trains")
+        (out / "train_prompts.txt").write_text("\n".join(train_prompts) + "\n")
+        data_overrides, n_pairs = [f"data.path={out / 'train_prompts.txt'}", f"reward.scorer={cfg.scorer}",
+                                   f"reward.steps={cfg.steps or 'null'}"], 0
+    else:
+        console.print(f"1/3 preference data: {cfg.train_prompts} train prompts × k={cfg.k} samples, scored by {cfg.scorer}")
+        data = build_preferences(gen, [scorer], train_prompts, out / "data", k=cfg.k, seed=cfg.seed,
+                                 batch_size=cfg.batch_size, progress=not quiet, sample_kwargs=steps)
+        data_overrides, n_pairs = [f"data.path={data.pairs if cfg.data == 'pairs' else data.rankings}",
+                                   f"data.cache_dir={out / 'cache'}"], data.n_pairs
     timings["data_s"] = time.perf_counter() - t0
 
     console.print(f"2/3 training ({cfg.recipe}), validating on {cfg.val_prompts} other train-split prompts")
@@ -179,8 +194,7 @@ def run_demo(modality: str = "image", seed: int = 0, out: Path | None = None, ov
     if (run_dir / "checkpoints").exists():
         shutil.rmtree(run_dir)
     result = train(cfg.recipe, overrides=[
-        f"data.path={data.pairs if cfg.data == 'pairs' else data.rankings}", f"output_dir={run_dir}", f"data.cache_dir={out / 'cache'}",
-        f"eval.prompts={out / 'val_prompts.txt'}", "eval.n_prompts=null", f"eval.scorer={cfg.scorer}", f"seed={cfg.seed}",
+        *data_overrides, f"output_dir={run_dir}", f"eval.prompts={out / 'val_prompts.txt'}", "eval.n_prompts=null", f"eval.scorer={cfg.scorer}", f"seed={cfg.seed}",
         f"progress={not quiet}", f"eval.steps={cfg.steps or 'null'}", *cfg.recipe_overrides,
     ], generator=gen)
     timings["train_s"] = time.perf_counter() - t0 - timings["data_s"]
@@ -202,7 +216,7 @@ def run_demo(modality: str = "image", seed: int = 0, out: Path | None = None, ov
     elif cfg.modality == "video":
         video_contact_sheet(type(base).cat([base[show[:6]], aligned[show[:6]]])).save(out / "before_after.png")
     unchanged = result.best_step == 0  # early stopping kept the reference weights: the "aligned" model is the base
-    report.update(config=cfg.model_dump(mode="json"), pairs=data.n_pairs, train={"steps": result.steps, "stopped": result.stopped,
+    report.update(config=cfg.model_dump(mode="json"), method=method, pairs=n_pairs, train={"steps": result.steps, "stopped": result.stopped,
                   "best_step": result.best_step, "eval_history": result.eval_history, "flags": result.flags},
                   trained=not unchanged, precision=result.precision, timings=timings)
     atomic_write_json(out / "report.json", report)

@@ -34,7 +34,7 @@ def check_recipe_kind(data: Any, expected: str) -> Any:
 
 
 class DataConfig(Card):
-    path: str = Field(description="Preference data: a Pick-a-Pic parquet file or folder of shards, a datasets hub id (e.g. yuvalkirstain/pickapic_v2, from the local cache), or a JSONL manifest of pairs, rankings or samples (from `mmalign pairs`)")
+    path: str = Field(description="Preference data: a Pick-a-Pic parquet file or folder of shards, a datasets hub id (e.g. yuvalkirstain/pickapic_v2, from the local cache), or a JSONL manifest of pairs, rankings or samples (from `mmalign pairs`). For method: draft, the training prompts: a text file (one per line) or a shipped prompt set")
     format: Literal["auto", "pickapic", "manifest"] = Field("auto", description="Reader: by file suffix, Pick-a-Pic parquet, or JSONL manifest")
     ties: Literal["drop", "keep"] = Field("drop", description="Tied pairs (label 0.5): drop them (official train.py) or keep them as 0.5 labels; never counted as wins")
     resolution: int | None = Field(None, gt=0, description="Resize + crop images/videos to this square size before encoding (None: as stored)")
@@ -56,6 +56,15 @@ class LoraConfig(Card):
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout")
     init: Literal["gaussian", "default"] = Field("gaussian", description="peft init_lora_weights; both start with B = 0, so policy = reference at step 0")
     init_from: str | None = Field(None, description="Start from this LoRA (a final/ folder or .safetensors of the same targets and rank) instead of B = 0; the reference stays the base model")
+
+
+class RewardConfig(Card):
+    """Reward backpropagation through the sampler (``method: draft``; Clark et al. 2024, DRaFT-K)."""
+
+    scorer: str = Field(description="Differentiable scorer id or card whose reward is maximised (e.g. synth-hps); the guard's proxy should be the same")
+    grad_steps: int = Field(1, gt=0, description="K of DRaFT-K: the reward's gradient flows through the last K sampling steps (earlier steps are detached)")
+    steps: int | None = Field(None, gt=0, description="Sampling steps of each training sample (None: the generator's default)")
+    guidance: float | None = Field(None, ge=0, description="Classifier-free guidance scale while training (None: the generator's default)")
 
 
 class OptimizerConfig(Card):
@@ -106,7 +115,8 @@ class Recipe(Card):
     generator: str = Field(description="Generator id or preset for load_generator (e.g. 'synth-sdxl', 'stabilityai/stable-diffusion-xl-base-1.0')")
     generator_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for load_generator")
     data: DataConfig
-    method: Literal["diffusion_dpo", "rank_dpo", "lipo", "sft"] = Field("diffusion_dpo", description="Loss: Diffusion-DPO, RankDPO, LiPO-λ or SFT on chosen items")
+    method: Literal["diffusion_dpo", "rank_dpo", "lipo", "sft", "draft"] = Field("diffusion_dpo", description="Loss: Diffusion-DPO, RankDPO, LiPO-λ, SFT on chosen items, or DRaFT-K reward backpropagation through the sampler (needs 'reward'; data.path holds prompts)")
+    reward: RewardConfig | None = Field(None, description="The differentiable reward of method: draft")
     beta: float = Field(5000.0, gt=0, description="DPO β in the official form with the ½ factor (Wallace et al. 2024, eq. 14; β = 5000 ≡ the diffusers SD1.5 script's 2500)")
     loss_type: Literal["sigmoid", "hinge", "ipo"] = Field("sigmoid", description="Diffusion-DPO loss variant (diffusers train_diffusion_dpo.py)")
     discount_ranks: Literal["psi", "model"] = Field("psi", description="RankDPO DCG discount ranks from ψ (Karthik et al. 2024, Algorithm 1) or the model's scores (Figure 2 / LiPO)")
@@ -146,6 +156,10 @@ class Recipe(Card):
     def _check(self) -> "Recipe":
         if self.finetune == "full" and "lora" in self.model_fields_set:
             raise ConfigError("'lora' settings given with finetune=full; remove them or set finetune: lora")
+        if (self.method == "draft") != (self.reward is not None):
+            raise ConfigError("method: draft needs 'reward' (reward.scorer: the differentiable scorer to maximise)"
+                              if self.method == "draft" else
+                              f"'reward' is the reward of method: draft; {self.method} learns from data.path: remove 'reward'")
         return self
 
 
@@ -160,4 +174,4 @@ def load_recipe(recipe: str | Path | dict[str, Any] | Recipe, overrides: Sequenc
     return load_card(recipe, Recipe, kind="recipes", overrides=overrides)
 
 
-__all__ = ["Recipe", "DataConfig", "LoraConfig", "OptimizerConfig", "EvalConfig", "EarlyStopping", "load_recipe"]
+__all__ = ["Recipe", "DataConfig", "LoraConfig", "RewardConfig", "OptimizerConfig", "EvalConfig", "EarlyStopping", "load_recipe"]

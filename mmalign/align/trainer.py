@@ -1,4 +1,5 @@
-"""The preference-tuning trainer: Diffusion-DPO, RankDPO, LiPO-λ and SFT on any :class:`DiffusionAdapter`.
+"""The preference-tuning trainer: Diffusion-DPO, RankDPO, LiPO-λ and SFT on any :class:`DiffusionAdapter`,
+and reward backpropagation (DRaFT-K, :mod:`mmalign.align.draft`) on any diffusers generator.
 
 :class:`Trainer` reads top to bottom as a run does:
 
@@ -11,7 +12,8 @@
    checkpoint (``--resume``);
 3. :meth:`Trainer.step` — one optimizer step over ``grad_accum`` micro-batches: one t and one ε per
    record of k items, shared by its k items (official DiffusionDPO ``train.py`` @ 5233e75,
-   L1053–1055), per-sample errors in fp32, the method's loss (:mod:`mmalign.align.losses`);
+   L1053–1055), per-sample errors in fp32, the method's loss (:mod:`mmalign.align.losses`); for
+   ``method: draft``, one sample per prompt with gradients through its last K steps, −reward;
 4. :meth:`Trainer.evaluate` — held-out sampling scored by the recipe's scorer and judge, early
    stopping and a reward-margin watch;
 5. :meth:`Trainer.save` / :meth:`Trainer.finish` — atomic resumable checkpoints and the final weights.
@@ -51,6 +53,7 @@ from tqdm.auto import tqdm
 
 from mmalign.align import losses
 from mmalign.align.config import Recipe, load_recipe
+from mmalign.align.draft import RewardBackprop
 from mmalign.checkpoint import atomic_folder, clean_partial, latest_checkpoint, load_checkpoint, save_checkpoint
 from mmalign.data.cache import EncodedData, encode_dataset
 from mmalign.data.pairs import Fit, PairDataset, RankingDataset, read_preferences
@@ -475,14 +478,21 @@ class Trainer:
 
         set_attention_backend(self.adapter.denoiser, r.attention)
 
-        fit = Fit(r.data.resolution, r.data.random_crop, r.data.random_flip)
-        dataset = select_data(r, read_preferences(r.data.path, r.data.format, r.data.ties, r.data.limit, fit))
-        cache_dir = r.data.cache_dir or os.environ.get("MMALIGN_CACHE_DIR") or str(Path.home() / ".cache" / "mmalign" / "latents")
-        self.data = encode_dataset(dataset, self.adapter, r.generator, cache_dir, progress=r.progress and self.rank == 0,
-                                   shard_size=r.data.shard_size, part=(self.rank, self.world),
-                                   barrier=self.accelerator.wait_for_everyone)
-        if r.data.release_encoders:
-            self.adapter.release_encoders()
+        if r.method == "draft":  # prompts and a reward instead of preference data; sampling keeps the encoders
+            if self.world > 1:
+                raise ConfigError("method: draft runs in one process: the sampler calls the denoiser outside the "
+                                  "distributed wrapper, so gradients would not be averaged; launch it without accelerate")
+            self.data: EncodedData | RewardBackprop = RewardBackprop(r, self.generator or getattr(self.adapter, "gen", None),
+                                                                     self.device)
+        else:
+            fit = Fit(r.data.resolution, r.data.random_crop, r.data.random_flip)
+            dataset = select_data(r, read_preferences(r.data.path, r.data.format, r.data.ties, r.data.limit, fit))
+            cache_dir = r.data.cache_dir or os.environ.get("MMALIGN_CACHE_DIR") or str(Path.home() / ".cache" / "mmalign" / "latents")
+            self.data = encode_dataset(dataset, self.adapter, r.generator, cache_dir, progress=r.progress and self.rank == 0,
+                                       shard_size=r.data.shard_size, part=(self.rank, self.world),
+                                       barrier=self.accelerator.wait_for_everyone)
+            if r.data.release_encoders:
+                self.adapter.release_encoders()
 
         denoiser = self.adapter.denoiser
         self.lora_config = None
@@ -600,8 +610,12 @@ class Trainer:
             sync = micro == r.grad_accum - 1 or self.adapter.forward_module is None
             with owned_rng(_dropout_seed(gen), self.device), \
                     (contextlib.nullcontext() if sync else self.accelerator.no_sync(self.adapter.forward_module)):
-                loss, metrics = compute_loss(r, self.adapter, self.data, index, gen, self.device, self.reference,
-                                             self.autocast, part=(self.rank, self.world))
+                if isinstance(self.data, RewardBackprop):
+                    with self.autocast():
+                        loss, metrics = self.data.loss(index, gen, part=(self.rank, self.world))
+                else:
+                    loss, metrics = compute_loss(r, self.adapter, self.data, index, gen, self.device, self.reference,
+                                                 self.autocast, part=(self.rank, self.world))
                 if not torch.isfinite(loss):
                     raise CheckpointError(
                         f"non-finite loss ({float(loss.detach())}) at step {st.step + 1}, micro-step {micro}; stopped "

@@ -197,6 +197,34 @@ class DiffusersGenerator(Generator):
                         output_type="pt", **kwargs)
         return getattr(out, PIPELINE_OUTPUT[self.modality])
 
+    def sample_differentiable(self, prompts: Sequence[str], generators: Sequence[torch.Generator], grad_steps: int,
+                              steps: int | None = None, guidance: float | None = None) -> Media:
+        """One batch through the pipeline with autograd on, the latents detached after every step but the
+        last ``grad_steps`` (DRaFT-K truncation, Clark et al. 2024, "Directly Fine-Tuning Diffusion Models on
+        Differentiable Rewards", §4): the reward's gradient reaches the denoiser through those steps only."""
+        steps = int(steps or self.defaults.get("steps", 30))
+        if not 1 <= grad_steps <= steps:
+            raise ConfigError(f"grad_steps must be between 1 and the {steps} sampling steps, got {grad_steps}")
+        guidance = float(self.defaults.get("guidance", 5.0) if guidance is None else guidance)
+        # diffusers wraps __call__ in torch.no_grad(); its undecorated function samples with gradients
+        call = getattr(type(self.pipe).__call__, "__wrapped__", None)
+        if call is None:
+            raise ConfigError(f"{type(self.pipe).__name__}.__call__ is not a torch.no_grad-wrapped function; "
+                              "it cannot be run with gradients")
+
+        def truncate(pipe: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if i < steps - grad_steps:  # step i's output is an input of the last grad_steps steps only from here on
+                tensors["latents"] = tensors["latents"].detach()
+            return tensors
+
+        kwargs = {k: v for k, v in self.defaults.items() if k in self.call_defaults}
+        self.pipe.set_progress_bar_config(disable=True)
+        with torch.enable_grad(), self._encoders_on_device():
+            out = call(self.pipe, list(prompts), num_inference_steps=steps, guidance_scale=guidance,
+                       generator=list(generators), output_type="pt", callback_on_step_end=truncate,
+                       callback_on_step_end_tensor_inputs=["latents"], **kwargs)
+        return self._media(getattr(out, PIPELINE_OUTPUT[self.modality]), list(prompts), [{} for _ in prompts])
+
     def _media(self, data: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]) -> Media:
         data = data.float().cpu()
         if self.modality == "image":

@@ -131,3 +131,10 @@ class Generator(ABC):
 
     def trainable(self) -> DiffusionAdapter:
         raise ConfigError(f"{type(self).__name__} is sampling-only (not a diffusion model); it cannot be trained")
+
+    def sample_differentiable(self, prompts: Sequence[str], generators: Sequence[torch.Generator], grad_steps: int,
+                              steps: int | None = None, guidance: float | None = None) -> Media:
+        """One batch (one item per prompt, item ``i`` from ``generators[i]``) whose autograd graph reaches
+        the denoiser's weights through the last ``grad_steps`` sampling steps (reward-gradient training)."""
+        raise ConfigError(f"{type(self).__name__} cannot sample with gradients; reward backpropagation "
+                          "(method: draft) needs a diffusers generator")
