@@ -88,3 +88,11 @@ def test_draft_recipes_are_checked_before_any_work(tmp_path, sdxl_folder):
 def test_the_shipped_draft_recipe_loads():
     r = load_recipe("synth-draft")
     assert r.method == "draft" and r.reward.scorer == "synth-hps" and r.eval.judge == "synth-oracle"
+
+
+def test_a_pipeline_without_step_callbacks_is_refused_with_the_reason(tmp_path):
+    from mmalign.generators.tiny import save_tiny
+
+    gen = load_generator(save_tiny("stable_audio", tmp_path / "audio"))
+    with pytest.raises(ConfigError, match="callback_on_step_end"):
+        gen.sample_differentiable(["a fast high melody on a square synth"], _noise([0]), grad_steps=1)

@@ -5,7 +5,10 @@ Each training step samples one item per prompt with the policy, scores it with a
 descends on ``−mean(reward)``. The latents are detached after every sampling step but the last K, so the
 gradient reaches the denoiser (its LoRA) through those K steps only: DRaFT's truncated backpropagation,
 which Clark et al. found both cheaper and better behaved than backpropagating through the whole chain.
-There is no preference data and no reference model: a run's "data" is its prompts (``data.path``).
+The loss is ``−mean(reward)``: AlignProp's ``10 − mean(reward)`` (trl ``alignprop_trainer.py`` @ 78f1a928c^,
+L277–290) up to a constant. There is no preference data and no reference model: a run's "data" is its
+prompts (``data.path``), and nothing but the LoRA's size, the step count and the reward-hacking guard
+(``eval.guard``, which should watch a judge the reward is not) keeps the policy near the base model.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ The objectives are small pure functions so tests can check them against hand-com
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -208,9 +209,10 @@ class DiffusersGenerator(Generator):
         guidance = float(self.defaults.get("guidance", 5.0) if guidance is None else guidance)
         # diffusers wraps __call__ in torch.no_grad(); its undecorated function samples with gradients
         call = getattr(type(self.pipe).__call__, "__wrapped__", None)
-        if call is None:
-            raise ConfigError(f"{type(self.pipe).__name__}.__call__ is not a torch.no_grad-wrapped function; "
-                              "it cannot be run with gradients")
+        if call is None or "callback_on_step_end" not in inspect.signature(call).parameters:
+            raise ConfigError(f"{type(self.pipe).__name__} cannot sample with truncated gradients: reward "
+                              "backpropagation needs a no_grad-wrapped __call__ that takes callback_on_step_end "
+                              "(SD, SDXL, SD3, AnimateDiff, Wan do; Stable Audio's pipeline does not)")
 
         def truncate(pipe: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             if i < steps - grad_steps:  # step i's output is an input of the last grad_steps steps only from here on
