@@ -90,9 +90,24 @@ def test_the_shipped_draft_recipe_loads():
     assert r.method == "draft" and r.reward.scorer == "synth-hps" and r.eval.judge == "synth-oracle"
 
 
-def test_a_pipeline_without_step_callbacks_is_refused_with_the_reason(tmp_path):
+@pytest.mark.parametrize("family", ["sdxl", "stable_audio"])
+def test_only_the_last_k_denoiser_calls_receive_the_rewards_gradient(tmp_path, family):
+    """DRaFT-K's truncation also cuts a multistep solver's stored predictions (Stable Audio's DPM-Solver), and
+    works through the older ``callback(i, t, latents)`` of pipelines without ``callback_on_step_end``."""
     from mmalign.generators.tiny import save_tiny
 
-    gen = load_generator(save_tiny("stable_audio", tmp_path / "audio"))
-    with pytest.raises(ConfigError, match="callback_on_step_end"):
-        gen.sample_differentiable(["a fast high melody on a square synth"], _noise([0]), grad_steps=1)
+    gen = load_generator(save_tiny(family, tmp_path / family))
+    gen.denoiser.requires_grad_(True)
+    reached = []
+
+    def watch(module, args, kwargs, out):
+        out = out[0] if isinstance(out, tuple) else out.sample
+        i = len(reached)
+        reached.append(False)
+        out.register_hook(lambda g: reached.__setitem__(i, True))
+
+    hook = gen.denoiser.register_forward_hook(watch, with_kwargs=True)
+    media = gen.sample_differentiable(PROMPTS[:1], _noise([1]), grad_steps=2, steps=5)
+    hook.remove()
+    media.data.square().mean().backward()
+    assert reached == [False, False, False, True, True]

@@ -209,22 +209,42 @@ class DiffusersGenerator(Generator):
         guidance = float(self.defaults.get("guidance", 5.0) if guidance is None else guidance)
         # diffusers wraps __call__ in torch.no_grad(); its undecorated function samples with gradients
         call = getattr(type(self.pipe).__call__, "__wrapped__", None)
-        if call is None or "callback_on_step_end" not in inspect.signature(call).parameters:
+        params = inspect.signature(call).parameters if call is not None else {}
+
+        def cut_after(i: int) -> bool:
+            """Whether step i's output is cut from the graph (it feeds the last ``grad_steps`` steps only from
+            then on); if so, also cut the earlier predictions a multistep solver keeps (DPM-Solver's
+            ``model_outputs``, UniPC's ``last_sample``), through which the gradient would reach earlier steps."""
+            if i >= steps - grad_steps:
+                return False
+            sched = self.pipe.scheduler
+            if isinstance(getattr(sched, "model_outputs", None), list):
+                sched.model_outputs = [o.detach() if torch.is_tensor(o) else o for o in sched.model_outputs]
+            if torch.is_tensor(getattr(sched, "last_sample", None)):
+                sched.last_sample = sched.last_sample.detach()
+            return True
+
+        if "callback_on_step_end" in params:
+            def on_step_end(pipe: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+                if cut_after(i):
+                    tensors["latents"] = tensors["latents"].detach()
+                return tensors
+
+            hooks: dict[str, Any] = {"callback_on_step_end": on_step_end, "callback_on_step_end_tensor_inputs": ["latents"]}
+        elif "callback" in params:  # older pipelines (Stable Audio) call callback(i, t, latents) and ignore what it returns
+            def legacy(i: int, t: Any, latents: torch.Tensor) -> None:
+                if cut_after(i):
+                    latents.detach_()  # in place: the pipeline's own tensor leaves the graph
+
+            hooks = {"callback": legacy, "callback_steps": 1}
+        else:
             raise ConfigError(f"{type(self.pipe).__name__} cannot sample with truncated gradients: reward "
-                              "backpropagation needs a no_grad-wrapped __call__ that takes callback_on_step_end "
-                              "(SD, SDXL, SD3, AnimateDiff, Wan do; Stable Audio's pipeline does not)")
-
-        def truncate(pipe: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            if i < steps - grad_steps:  # step i's output is an input of the last grad_steps steps only from here on
-                tensors["latents"] = tensors["latents"].detach()
-            return tensors
-
+                              "backpropagation needs a no_grad-wrapped __call__ that takes callback_on_step_end or callback")
         kwargs = {k: v for k, v in self.defaults.items() if k in self.call_defaults}
         self.pipe.set_progress_bar_config(disable=True)
         with torch.enable_grad(), self._encoders_on_device():
             out = call(self.pipe, list(prompts), num_inference_steps=steps, guidance_scale=guidance,
-                       generator=list(generators), output_type="pt", callback_on_step_end=truncate,
-                       callback_on_step_end_tensor_inputs=["latents"], **kwargs)
+                       generator=list(generators), output_type="pt", **hooks, **kwargs)
         return self._media(getattr(out, PIPELINE_OUTPUT[self.modality]), list(prompts), [{} for _ in prompts])
 
     def _media(self, data: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]) -> Media:
