@@ -1,0 +1,28 @@
+"""The shipped DRaFT recipe on the synthetic world, a real training of the shipped synth-sdxl (about 2 min on 2
+cores): on the demo's 256 held-out prompts of seed 10 both synth-hps and the oracle's faithfulness rise, and the
+reward-hacking guard, watching the oracle, does not flag the run."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from mmalign.align.trainer import train
+from mmalign.synth.prompts import sample_prompts
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+pytestmark = pytest.mark.slow
+
+
+def test_the_shipped_draft_recipe_raises_reward_and_faithfulness_on_held_out_prompts(tmp_path):
+    (tmp_path / "train.txt").write_text("\n".join(sample_prompts("image", 192, seed=10, split="train")) + "\n")
+    (tmp_path / "heldout.txt").write_text("\n".join(sample_prompts("image", 256, seed=12, split="heldout")) + "\n")
+    result = train("synth-draft", overrides=[
+        f"data.path={tmp_path / 'train.txt'}", f"output_dir={tmp_path / 'run'}", f"eval.prompts={tmp_path / 'heldout.txt'}",
+        "eval.n_prompts=null", "eval.seed=787", "eval.every=100", "checkpoint_every=0", "seed=10", "progress=false"])
+    start, end = result.eval_history[0], result.eval_history[-1]
+    assert (start["step"], end["step"]) == (0, 100)
+    assert end["score"] > start["score"] + 0.005, (start, end)  # synth-hps (the reward)
+    assert end["judge"] > start["judge"] + 0.01, (start, end)  # oracle faithfulness (never trained on)
+    assert not result.flags, result.flags
