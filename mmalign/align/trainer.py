@@ -785,7 +785,8 @@ class Trainer:
             last["pairs_per_s"] = steps_this_run * r.batch_size * r.grad_accum * self.world / (time.perf_counter() - t_start)
             self.log.write(last)
             bar.update(1)
-            bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last.get('implicit_acc', float('nan')):.2f}")
+            shown = {"reward": f"{last['reward']:.4f}"} if "reward" in last else {"acc": f"{last.get('implicit_acc', float('nan')):.2f}"}
+            bar.set_postfix(loss=f"{last['loss']:.4f}", **shown)
             step = self.state.step
             reason = self.evaluate() if evaluating and step % r.eval.every == 0 else None
             if reason is not None or (r.checkpoint_every and step % r.checkpoint_every == 0) or step == r.max_steps:
