@@ -33,16 +33,25 @@ def run(cmd: list[str], cwd: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
-def train(tmp: Path, model: Path, data: Path, out: str, processes: int, batch: int) -> Path:
-    cmd = [*launcher(processes), "-m", "mmalign.cli", "train", "synth-diffusion-dpo", "--quiet",
+def train(tmp: Path, model: Path, data: Path, out: str, processes: int, batch: int, recipe: str = "synth-diffusion-dpo",
+          settings: tuple[str, ...] = ("data.shard_size=4",)) -> Path:
+    cmd = [*launcher(processes), "-m", "mmalign.cli", "train", recipe, "--quiet",
            *(f"--set={kv}" for kv in (f"generator={model}", f"data.path={data}", f"data.cache_dir={tmp / out / 'cache'}",
-                                       "data.shard_size=4", "max_steps=3", f"batch_size={batch}", "lr=1e-3",
+                                       "max_steps=3", f"batch_size={batch}", "lr=1e-3",
                                        # Adam's first steps move by ≈ lr·sign(g): with eps = 1e-8 an element whose
                                        # gradient is ~1e-9 turns float summation-order noise into a full lr step
-                                       "optimizer.eps=1e-4",
+                                       "optimizer.eps=1e-4", *settings,
                                        "eval.every=0", "checkpoint_every=0", "device=cpu", f"output_dir={tmp / out}"))]
     run(cmd, tmp)
     return tmp / out
+
+
+def same_lora(one: Path, two: Path) -> None:
+    a = load_file(str(one / "final" / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(two / "final" / "pytorch_lora_weights.safetensors"))
+    assert a.keys() == b.keys() and any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k or "lora.up" in k)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-5)
 
 
 def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
@@ -52,11 +61,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
     data = write_pairs(tmp_path / "data", n=8, size=32)  # 16 images: 4 cache shards of 4
     one = train(tmp_path, model, data, "one", processes=1, batch=4)
     two = train(tmp_path, model, data, "two", processes=2, batch=2)
-    a = load_file(str(one / "final" / "pytorch_lora_weights.safetensors"))
-    b = load_file(str(two / "final" / "pytorch_lora_weights.safetensors"))
-    assert a.keys() == b.keys() and any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k or "lora.up" in k)
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-5)
+    same_lora(one, two)
     # each process encoded only its shards: i ≡ rank (mod 2)
     shards = sorted((two / "cache").glob("*/media-*.safetensors"))
     ranks = []
@@ -64,6 +69,20 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
         with safe_open(str(path), framework="pt") as f:
             ranks.append(f.metadata()["rank"])
     assert ranks == ["0", "1", "0", "1"]
+
+
+def test_reward_backpropagation_under_two_processes_trains_like_one(tmp_path):
+    """method: draft samples through the pipeline (the bare denoiser, not the DDP wrapper): the trainer averages
+    the gradients itself, so 2 processes × 2 prompts end where 1 process × 4 prompts does."""
+    from mmalign.generators.tiny import save_tiny
+
+    model = save_tiny("sdxl", tmp_path / "tiny-sdxl")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\ntwo blue squares\na green triangle above a red square\na yellow circle\n")
+    settings = ("reward.grad_steps=1",)
+    one = train(tmp_path, model, prompts, "one", processes=1, batch=4, recipe="synth-draft", settings=settings)
+    two = train(tmp_path, model, prompts, "two", processes=2, batch=2, recipe="synth-draft", settings=settings)
+    same_lora(one, two)
 
 
 def test_score_under_two_processes_equals_one(tmp_path):

@@ -9,6 +9,8 @@ The loss is ``−mean(reward)``: AlignProp's ``10 − mean(reward)`` (trl ``alig
 L277–290) up to a constant. There is no preference data and no reference model: a run's "data" is its
 prompts (``data.path``), and nothing but the LoRA's size, the step count and the reward-hacking guard
 (``eval.guard``, which should watch a judge the reward is not) keeps the policy near the base model.
+Under ``accelerate launch`` each process samples its share of a step's prompts (seeds drawn for the whole
+step) and the trainer averages the gradients, so N processes train as one with the same global batch.
 """
 
 from __future__ import annotations

@@ -31,7 +31,8 @@ Under ``accelerate launch`` the denoiser runs under ``accelerator.prepare`` (DDP
 gradients in backward; no sync on the micro-steps before the last), the draws are made for a step's
 global batch and each process keeps its share of records, so N processes with ``batch_size`` B train
 as one process with N·B (LoRA dropout aside); each process encodes only its shards of the latent
-cache (:func:`mmalign.data.cache.encode_dataset`).
+cache (:func:`mmalign.data.cache.encode_dataset`). A ``draft`` run samples through the pipeline, which calls
+the bare denoiser, so it averages the gradients over processes itself (:meth:`Trainer._average_grads`).
 """
 
 from __future__ import annotations
@@ -479,9 +480,6 @@ class Trainer:
         set_attention_backend(self.adapter.denoiser, r.attention)
 
         if r.method == "draft":  # prompts and a reward instead of preference data; sampling keeps the encoders
-            if self.world > 1:
-                raise ConfigError("method: draft runs in one process: the sampler calls the denoiser outside the "
-                                  "distributed wrapper, so gradients would not be averaged; launch it without accelerate")
             self.data: EncodedData | RewardBackprop = RewardBackprop(r, self.generator or getattr(self.adapter, "gen", None),
                                                                      self.device)
         else:
@@ -526,7 +524,7 @@ class Trainer:
             else:  # fp32 weights are the trained ones: bf16 only inside the forward
                 dtype = self.dtype
                 self.autocast = lambda: torch.autocast("cpu", dtype=dtype)
-        if self.world > 1:  # DDP (or the accelerate config's FSDP / DeepSpeed): gradients averaged in backward
+        if self.world > 1 and r.method != "draft":  # DDP (or the accelerate config's FSDP / DeepSpeed): gradients averaged in backward
             self.adapter.forward_module = self.accelerator.prepare_model(denoiser)
         lr = r.lr * (r.batch_size * r.grad_accum * self.world if r.scale_lr else 1)
         from diffusers.optimization import get_scheduler
@@ -572,6 +570,15 @@ class Trainer:
                 master = self.params[name]
                 master.grad = p.grad.float() if master.grad is None else master.grad + p.grad.float()
                 p.grad = None
+
+    def _average_grads(self) -> None:
+        """Average the trainable parameters' gradients over processes, as DDP does in backward: ``method: draft``
+        samples through the pipeline, which calls the bare denoiser, never the distributed wrapper."""
+        for p in self.params.values():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= self.world
 
     def _save_params(self, path: Path) -> None:
         """The trainable parameters (fp32 masters) to ``path``, atomically; every process writes the same
@@ -624,6 +631,8 @@ class Trainer:
                 self.accelerator.backward(loss / r.grad_accum)
             self._grads_to_masters()
             parts.append(metrics)
+        if isinstance(self.data, RewardBackprop) and self.world > 1:
+            self._average_grads()
         params = list(self.params.values())
         if r.max_grad_norm is not None:
             grad_norm = float(self.accelerator.clip_grad_norm_(params, r.max_grad_norm))
