@@ -105,6 +105,7 @@ class VideoSpec(_Strict):
 
     reduce: Literal["mean", "min"] = "mean"
     stride: int = Field(1, ge=1)
+    captions: str | None = Field(None, description="A frame-caption planner (mmalign.scoring.video.FRAME_CAPTIONS, registered by the card's plugin): score each frame against its keyframe caption instead of the video's prompt")
 
 
 class JudgeSpec(_Strict):

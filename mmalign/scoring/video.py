@@ -1,23 +1,36 @@
 """Video scoring with an image scorer: score frames, aggregate per video (mean or min).
 
-Frames ``::stride`` of each video are scored against the video's prompt in one flat batch
-(item-major; videos of different sizes or lengths as a list of their frames), then reduced: ``mean`` (average frame quality/alignment) or ``min`` (the worst frame,
-for "no bad frame" constraints).
+Frames ``::stride`` of each video are scored in one flat batch (item-major; videos of different sizes or
+lengths as a list of their frames), then reduced: ``mean`` (average frame quality/alignment) or ``min``
+(the worst frame, for "no bad frame" constraints).
+
+Each frame is scored against the video's prompt, or, with ``captions`` (a name in :data:`FRAME_CAPTIONS`),
+against its own *keyframe caption*: a planner turns the video prompt into one caption per frame, or None
+for a frame it says nothing about, which is then left out. "a red square turning blue" asks for a red
+square at the start and a blue one at the end, which an image scorer can check frame by frame but not
+against the whole prompt. Planners come from the prompt's world (an LLM prompt planner for real prompts, as
+in VideoDirectorGPT, Lin et al. 2023; the synthetic world's grammar registers ``synth-keyframes``); scoring
+key frames with an image reward model is InstructVideo's segmental video reward (Yuan et al. 2024, §3.2).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import torch
 
 from mmalign.errors import InputError
-from mmalign.media import ImageBatch, MediaList, VideoBatch, concat
+from mmalign.media import MediaList, VideoBatch, concat
+from mmalign.registry import Registry
 
 if TYPE_CHECKING:
     from mmalign.scoring.base import Scorer
 
 REDUCTIONS = ("mean", "min")
+
+#: ``planner(prompt, num_frames) -> [caption or None per frame]``: keyframe captions of a video prompt
+FrameCaptions = Callable[[str, int], Sequence[Optional[str]]]
+FRAME_CAPTIONS: Registry[FrameCaptions] = Registry("frame-caption planner")
 
 
 def aggregate(frame_scores: torch.Tensor, reduce: str = "mean") -> torch.Tensor:
@@ -29,21 +42,40 @@ def aggregate(frame_scores: torch.Tensor, reduce: str = "mean") -> torch.Tensor:
     raise InputError(f"unknown frame reduction {reduce!r}; use one of {REDUCTIONS}")
 
 
+def frame_prompts(prompts: Sequence[str], counts: Sequence[int], stride: int, captions: str | None) -> list[list[str | None]]:
+    """The prompt of each scored frame (frames ``::stride`` of video ``i``, which has ``counts[i]`` frames):
+    the video's prompt, or the planner ``captions``' caption of that frame (None: not scored)."""
+    if captions is None:
+        return [[p] * len(range(0, n, stride)) for p, n in zip(prompts, counts)]
+    plan = FRAME_CAPTIONS.get(captions)
+    out = []
+    for p, n in zip(prompts, counts):
+        caps = list(plan(p, n))
+        if len(caps) != n:
+            raise InputError(f"frame-caption planner {captions!r} gave {len(caps)} captions for a {n}-frame video; it must give one per frame")
+        if not any(c is not None for c in caps[::stride]):
+            raise InputError(f"frame-caption planner {captions!r} names no frame ::{stride} of the {n}-frame video for {p!r}; "
+                             "score it without captions or with a smaller stride")
+        out.append(caps[::stride])
+    return out
+
+
 def score_video_frames(scorer: "Scorer", video: VideoBatch | MediaList, prompts: list[str], *, reduce: str = "mean",
-                       stride: int = 1, **score_kw) -> torch.Tensor:
+                       stride: int = 1, captions: str | None = None, **score_kw) -> torch.Tensor:
     """Score videos with an image scorer by frame aggregation → ``Tensor[B]``; a MediaList of videos of
-    different sizes or frame counts is scored as one flat list of frames, then reduced per video."""
+    different sizes or frame counts is scored as one flat list of frames, then reduced per video. With
+    ``captions`` each frame is scored against its keyframe caption and uncaptioned frames are left out."""
     if reduce not in REDUCTIONS:
         raise InputError(f"unknown frame reduction {reduce!r}; use one of {REDUCTIONS}")
     if stride < 1:
         raise InputError(f"frame stride must be ≥ 1, got {stride}")
-    if isinstance(video, MediaList):
-        frames = [v.frames(stride) for v in video.items]
-        counts = [len(f) for f in frames]
-        per_frame = scorer.score(concat(frames), [p for p, n in zip(prompts, counts) for _ in range(n)], **score_kw)
-        return torch.cat([aggregate(s[None], reduce) for s in per_frame.split(counts)])
-    px = video.pixels[:, ::stride]
-    b, t = px.shape[:2]
-    frames = ImageBatch(px.reshape(b * t, *px.shape[2:]))
-    per_frame = scorer.score(frames, [p for p in prompts for _ in range(t)], **score_kw)
-    return aggregate(per_frame.view(b, t), reduce)
+    videos = video.items if isinstance(video, MediaList) else [video[i] for i in range(len(video))]
+    per_video = frame_prompts(prompts, [v.pixels.shape[1] for v in videos], stride, captions)
+    frames, texts, counts = [], [], []
+    for v, caps in zip(videos, per_video):
+        keep = [j for j, c in enumerate(caps) if c is not None]
+        frames.append(v.frames(stride)[keep])
+        texts += [caps[j] for j in keep]
+        counts.append(len(keep))
+    per_frame = scorer.score(concat(frames), texts, **score_kw)
+    return torch.cat([aggregate(s[None], reduce) for s in per_frame.split(counts)])
