@@ -225,3 +225,29 @@ def test_train_scorer_learns_a_preference_and_saves_a_loadable_card(tmp_path):
         PairSet(ImageBatch(a), ImageBatch(b), ["x"] * 32, lab * 2)
     with pytest.raises(InputError, match="steps ≥ 1"):
         train_scorer(scorer, pairs, steps=0, progress=False)
+
+
+def test_the_caption_term_teaches_which_caption_goes_with_which_item(tmp_path):
+    """Pairs that say nothing (all ties) teach nothing about captions; a CaptionSet next to them does: the
+    item → text contrastive loss makes the scorer prefer each color's own caption."""
+    from mmalign.scoring import load_scorer
+    from mmalign.scoring.train import CaptionSet, PairSet, caption_logits, train_scorer
+
+    g = torch.Generator().manual_seed(0)
+    red = torch.rand(16, 3, 32, 32, generator=g) * 0.2 + torch.tensor([0.8, 0.0, 0.0]).view(1, 3, 1, 1)
+    blue = torch.rand(16, 3, 32, 32, generator=g) * 0.2 + torch.tensor([0.0, 0.0, 0.8]).view(1, 3, 1, 1)
+    items, captions = ImageBatch(torch.cat([red, blue])), ["a red image"] * 16 + ["a blue image"] * 16
+    ties = PairSet(ImageBatch(red), ImageBatch(blue), ["an image"] * 16, torch.full((16,), 0.5))
+
+    def right(scorer) -> float:
+        s_red, s_blue = scorer.score(items, "a red image"), scorer.score(items, "a blue image")
+        return float(torch.cat([s_red[:16] > s_blue[:16], s_blue[16:] > s_red[16:]]).float().mean())
+
+    scorer = load_scorer(_tiny_card(tmp_path, small=True), device="cpu")
+    logits, target = caption_logits(scorer, items[[0, 16, 1]], ["a red image", "a blue image", "a red image"])
+    assert logits.shape == (3, 2) and target.tolist() == [0, 1, 0]  # one column per distinct caption
+    train_scorer(scorer, ties, captions=CaptionSet(items, captions), steps=30, batch_size=16, lr=3e-3, progress=False,
+                 log=lambda s: None, log_every=0)
+    assert right(scorer) == 1.0
+    with pytest.raises(InputError, match="one caption per item"):
+        CaptionSet(items, captions[:3])

@@ -123,3 +123,15 @@ def test_train_synth_hps_mixes_generated_groups_and_reports_them(tmp_path):
     gen = report["generated"]
     assert gen["heldout_pairs"] == 5 * 6 and 0.0 <= gen["pooled_accuracy"] <= 1.0 and 0.0 < gen["annotator_ceiling"] <= 1.0
     assert json.loads((tmp_path / "hps" / "train_report.json").read_text())["generated"] == gen
+
+
+def test_train_synth_clap_with_captioned_renders_reports_them(tmp_path):
+    """``--captions``: the contrastive term on captioned renders of train prompts runs and is recorded."""
+    from mmalign.zoo.train_scorers import caption_set, run
+
+    captions = caption_set("audio", 6, seed=3)
+    assert len(captions) == 6 and captions.media.prompts == captions.prompts
+    report = run("synth-clap", tmp_path / "clap", n_train=4, n_eval=3, k=4, steps=2, batch_size=4, n_captions=6,
+                 caption_weight=0.5, log=lambda s: None)
+    assert report["captions"] == 6 and report["caption_weight"] == 0.5
+    assert json.loads((tmp_path / "clap" / "train_report.json").read_text())["captions"] == 6

@@ -6,6 +6,13 @@ softmax over the prompt's candidates against soft labels — a pair gives (1, 0)
 (0.5, 0.5) for a tie (:func:`mmalign.scoring.losses.preference_cross_entropy`). logit_scale is
 clamped to [0, ln 100] as in HPS v2's ``train.py``.
 
+HPS v2 and PickScore fine-tune a CLIP that contrastive pretraining already taught which caption goes
+with which image. A scorer trained from scratch (the synthetic world's) can get the same grounding
+from a :class:`CaptionSet` next to the pairs: each step also takes a batch of (item, caption) pairs
+and adds ``caption_weight`` × the CLIP / CLAP contrastive loss of the items against the batch's
+distinct captions (Radford et al. 2021, CLIP §2.3, the item → text half; Wu et al. 2023, CLAP eq. 3),
+:func:`caption_logits`.
+
 Data: :func:`read_pair_set` reads every preference format of :mod:`mmalign.data.pairs` (pairs JSONL,
 rankings JSONL expanded into their n(n−1)/2 pairs, Pick-a-Pic parquet). Evaluation:
 :func:`evaluate_pairs` reports ``pooled_accuracy`` (ImageReward-test convention: non-tied pairs,
@@ -66,6 +73,21 @@ class PairSet:
                    [p for s in sets for p in s.prompts], torch.cat([s.labels for s in sets]))
 
 
+@dataclass
+class CaptionSet:
+    """Items with the captions they show (``media[i]`` shows ``prompts[i]``), for the contrastive term."""
+
+    media: Media
+    prompts: list[str]
+
+    def __post_init__(self) -> None:
+        if len(self.media) != len(self.prompts) or not self.prompts:
+            raise InputError(f"CaptionSet: {len(self.media)} items and {len(self.prompts)} captions; give one caption per item, at least one")
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
 def _stack(items: list[Media], where: str, what: str) -> Media:
     """One batch of one-item batches, or a MediaList where their sizes differ (each item is then
     preprocessed on its own by the scorer); an InputError naming the first item of another modality."""
@@ -115,10 +137,33 @@ def pair_logits(scorer: Scorer, a: Media, b: Media, prompts: list[str]) -> torch
     return torch.stack(s.split(len(a)), dim=1)
 
 
+def caption_logits(scorer: Scorer, media: Media, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, U]`` logits exp(logit_scale)·cos of each item against each *distinct* caption of ``captions`` (one
+    per item), and the ``[B]`` index of each item's own caption: the item → text half of the CLIP/CLAP loss."""
+    from mmalign.scoring.clap import ClapScorer
+    from mmalign.scoring.clip import ClipScorer
+
+    unique = list(dict.fromkeys(captions))
+    if isinstance(scorer, ClapScorer):
+        items, texts = scorer.audio_embeddings(media), scorer.text_embeddings(unique)
+    elif isinstance(scorer, ClipScorer):
+        items, texts = scorer.image_features(scorer.prepare(media)), scorer.text_features(unique)
+    else:
+        raise ConfigError(f"caption (contrastive) training needs a two-tower CLIP or CLAP scorer, not {type(scorer).__name__}")
+    scale = _logit_scale(scorer)
+    cos = torch.nn.functional.normalize(items.float(), dim=-1) @ torch.nn.functional.normalize(texts.float(), dim=-1).T
+    target = torch.tensor([unique.index(c) for c in captions], device=cos.device)
+    return (scale.exp() if scale is not None else 1.0) * cos, target
+
+
 def train_scorer(scorer: Scorer, pairs: PairSet, *, steps: int = 1000, batch_size: int = 64, lr: float = 3e-4,
                  weight_decay: float = 0.05, warmup: int = 50, seed: int = 0, progress: bool = True,
-                 log: Callable[[str], None] = print, log_every: int = 100, eval_fn: Callable[[], dict] | None = None) -> list[float]:
+                 log: Callable[[str], None] = print, log_every: int = 100, eval_fn: Callable[[], dict] | None = None,
+                 captions: CaptionSet | None = None, caption_weight: float = 1.0) -> list[float]:
     """Fine-tune all parameters of ``scorer.model`` on ``pairs`` with AdamW + cosine schedule; returns losses.
+
+    With ``captions``, each step adds ``caption_weight`` × the contrastive loss of ``batch_size`` captioned items
+    (:func:`caption_logits`) to the preference loss.
 
     Batches are drawn by ``random.Random(seed)``; torch's RNG is seeded with ``seed`` inside a fork,
     so the caller's random state is left untouched.
@@ -151,6 +196,11 @@ def train_scorer(scorer: Scorer, pairs: PairSet, *, steps: int = 1000, batch_siz
             with amp:
                 logits = pair_logits(scorer, pairs.a[idx], pairs.b[idx], [pairs.prompts[i] for i in idx])
             loss = preference_cross_entropy(logits.float(), targets[idx].to(logits.device))
+            if captions is not None:
+                j = rng.sample(range(len(captions)), min(batch_size, len(captions)))
+                with amp:
+                    c_logits, c_target = caption_logits(scorer, captions.media[j], [captions.prompts[i] for i in j])
+                loss = loss + caption_weight * torch.nn.functional.cross_entropy(c_logits.float(), c_target)
             if not torch.isfinite(loss):
                 raise CheckpointError(f"train_scorer: non-finite loss at step {step}; lower the learning rate (lr={lr})")
             opt.zero_grad(set_to_none=True)

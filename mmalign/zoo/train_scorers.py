@@ -122,17 +122,13 @@ def near_miss(prompt: str, modality: str, rng: random.Random) -> str:
     return rng.choice([p for p in all_prompts(modality) if p != prompt])
 
 
-def make_groups(modality: str, n_prompts: int, k: int, seed: int, split: str):
-    """``n_prompts`` groups of ``k`` corrupted candidates: (flat media [n·k], prompts [n])."""
+def corrupted_renders(drawn: list[str], modality: str, seed: int, rng: random.Random, prompts: list[str]):
+    """Renders of ``drawn`` with Gaussian noise and (images) blur of random strength, labelled ``prompts``."""
     import torchvision.transforms.functional as TF
 
-    from mmalign.synth.prompts import sample_prompts
     from mmalign.synth.render import render
 
-    rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
-    prompts = sample_prompts(modality, n_prompts, seed=seed, split=split)
-    drawn = [near_miss(p, modality, rng) if (j > 0 and rng.random() < 0.5) else p for p in prompts for j in range(k)]
     media = render(drawn, seed=seed, modality=modality)
     x = media.data.clone()
     for i in range(len(x)):
@@ -142,9 +138,26 @@ def make_groups(modality: str, n_prompts: int, k: int, seed: int, split: str):
         if sigma:
             x[i] = x[i] + sigma * torch.randn(x[i].shape, generator=gen)
     x = x.clamp(0, 1) if modality == "image" else x.clamp(-1, 1)
-    flat_prompts = [p for p in prompts for _ in range(k)]
-    batch = ImageBatch(x, prompts=flat_prompts) if modality == "image" else AudioBatch(x, sample_rate=media.sample_rate, prompts=flat_prompts)
-    return batch, prompts
+    return ImageBatch(x, prompts=prompts) if modality == "image" else AudioBatch(x, sample_rate=media.sample_rate, prompts=prompts)
+
+
+def make_groups(modality: str, n_prompts: int, k: int, seed: int, split: str):
+    """``n_prompts`` groups of ``k`` corrupted candidates: (flat media [n·k], prompts [n])."""
+    from mmalign.synth.prompts import sample_prompts
+
+    rng = random.Random(seed)
+    prompts = sample_prompts(modality, n_prompts, seed=seed, split=split)
+    drawn = [near_miss(p, modality, rng) if (j > 0 and rng.random() < 0.5) else p for p in prompts for j in range(k)]
+    return corrupted_renders(drawn, modality, seed, rng, [p for p in prompts for _ in range(k)]), prompts
+
+
+def caption_set(modality: str, n: int, seed: int):
+    """``n`` corrupted renders of train-split prompts, each captioned with the prompt it shows (the contrastive term)."""
+    from mmalign.scoring.train import CaptionSet
+    from mmalign.synth.prompts import sample_prompts
+
+    prompts = sample_prompts(modality, n, seed=seed, split="train")
+    return CaptionSet(corrupted_renders(prompts, modality, seed, random.Random(seed), prompts), prompts)
 
 
 def generated_groups(generator: str, n_prompts: int, k: int, seed: int, split: str, modality: str = "image"):
@@ -198,7 +211,8 @@ def save_synth_clap(scorer, fe, tokenizer: WordTokenizer, out: Path) -> None:
 @seeded
 def run(scorer_name: str, out: Path, seed: int = 0, n_train: int = 600, n_eval: int = 150, k: int = 4, steps: int = 1500,
         batch_size: int = 64, lr: float = 5e-4, label_annotators: int = 1, generator: str | None = None,
-        n_generated: int = 600, k_generated: int | None = None, log=print) -> dict:
+        n_generated: int = 600, k_generated: int | None = None, n_captions: int = 0, caption_weight: float = 1.0,
+        log=print) -> dict:
     from mmalign.scoring.metrics import hpdv2_accuracy, inversion_score
     from mmalign.scoring.train import PairSet, evaluate_pairs, train_scorer
     from mmalign.synth.annotators import Annotator, agreement
@@ -243,8 +257,9 @@ def run(scorer_name: str, out: Path, seed: int = 0, n_train: int = 600, n_eval: 
             m["generated_pooled_accuracy"] = evaluate_pairs(scorer, gen_eval)["pooled_accuracy"]
         return m
 
+    captions = caption_set(modality, n_captions, seed + 3) if n_captions else None
     train_scorer(scorer, train_pairs, steps=steps, batch_size=batch_size, lr=lr, seed=seed, progress=False, log=log,
-                 log_every=max(1, steps // 10), eval_fn=eval_fn)
+                 log_every=max(1, steps // 10), eval_fn=eval_fn, captions=captions, caption_weight=caption_weight)
     scorer.model.eval()
     final = eval_fn()
     acc = final["pooled_accuracy"]
@@ -257,7 +272,7 @@ def run(scorer_name: str, out: Path, seed: int = 0, n_train: int = 600, n_eval: 
     oracle_acc = _agree_with_truth(s, u, k)
     report = {
         "scorer": scorer_name, "seed": seed, "train_pairs": len(train_pairs), "heldout_pairs": len(eval_pairs),
-        "steps": steps, "label_annotators": label_annotators, "pooled_accuracy": acc, "annotator_ceiling": ceiling, "ratio_to_ceiling": acc / ceiling,
+        "steps": steps, "label_annotators": label_annotators, "captions": n_captions, "caption_weight": caption_weight if n_captions else 0.0, "pooled_accuracy": acc, "annotator_ceiling": ceiling, "ratio_to_ceiling": acc / ceiling,
         "hpdv2_inversion": inv, "hpdv2_inversion_ceiling": inv_ceiling,
         "accuracy_vs_true_utility": oracle_acc, "seconds": round(time.time() - t0, 1),
     }
@@ -314,12 +329,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--generator", default=None, help="also train on groups sampled from this generator (HPD v2 style)")
     ap.add_argument("--n-generated", type=int, default=600, help="train prompts sampled from --generator")
     ap.add_argument("--k-generated", type=int, default=4, help="samples per prompt from --generator (all pairs are labelled)")
+    ap.add_argument("--captions", type=int, default=0, help="captioned renders of train prompts for the contrastive term (0: none)")
+    ap.add_argument("--caption-weight", type=float, default=1.0, help="weight of the contrastive term next to the preference loss")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = args.out or asset_path("models", args.scorer)
     run(args.scorer, out, args.seed, args.n_train, args.n_eval, 4, args.steps, args.batch_size, args.lr,
-        args.label_annotators, args.generator, args.n_generated, args.k_generated, log=lambda s: print(s, flush=True))
+        args.label_annotators, args.generator, args.n_generated, args.k_generated, args.captions, args.caption_weight,
+        log=lambda s: print(s, flush=True))
 
 
 if __name__ == "__main__":
