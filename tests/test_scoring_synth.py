@@ -118,10 +118,10 @@ def test_train_synth_hps_mixes_generated_groups_and_reports_them(tmp_path):
     from mmalign.zoo.train_scorers import run
 
     report = run("synth-hps", tmp_path / "hps", n_train=6, n_eval=5, k=4, steps=3, batch_size=8, label_annotators=2,
-                 generator="synth-sdxl", n_generated=4, log=lambda s: None)
+                 generator="synth-sdxl", n_generated=4, generator_steps=2, log=lambda s: None)
     assert report["train_pairs"] == (6 + 4) * 6 and report["heldout_pairs"] == 5 * 6
     gen = report["generated"]
-    assert gen["heldout_pairs"] == 5 * 6 and 0.0 <= gen["pooled_accuracy"] <= 1.0 and 0.0 < gen["annotator_ceiling"] <= 1.0
+    assert gen["generator_steps"] == 2 and gen["heldout_pairs"] == 5 * 6 and 0.0 <= gen["pooled_accuracy"] <= 1.0 and 0.0 < gen["annotator_ceiling"] <= 1.0
     assert json.loads((tmp_path / "hps" / "train_report.json").read_text())["generated"] == gen
 
 

@@ -160,13 +160,16 @@ def caption_set(modality: str, n: int, seed: int):
     return CaptionSet(corrupted_renders(prompts, modality, seed, random.Random(seed), prompts), prompts)
 
 
-def generated_groups(generator: str, n_prompts: int, k: int, seed: int, split: str, modality: str = "image"):
-    """``n_prompts`` groups of ``k`` samples of a shipped generator: (flat media [n·k], prompts [n])."""
+def generated_groups(generator: str, n_prompts: int, k: int, seed: int, split: str, modality: str = "image",
+                     steps: int | None = None):
+    """``n_prompts`` groups of ``k`` samples of a shipped generator (``steps`` sampling steps; None: its default):
+    (flat media [n·k], prompts [n])."""
     from mmalign.generators import load_generator
     from mmalign.synth.prompts import sample_prompts
 
     prompts = sample_prompts(modality, n_prompts, seed=seed, split=split)
-    media = load_generator(generator).sample(prompts, n=k, seed=seed, batch_size=64, progress=False)
+    media = load_generator(generator).sample(prompts, n=k, seed=seed, batch_size=64, progress=False,
+                                             **({} if steps is None else {"steps": steps}))
     return media, prompts
 
 
@@ -212,7 +215,7 @@ def save_synth_clap(scorer, fe, tokenizer: WordTokenizer, out: Path) -> None:
 def run(scorer_name: str, out: Path, seed: int = 0, n_train: int = 600, n_eval: int = 150, k: int = 4, steps: int = 1500,
         batch_size: int = 64, lr: float = 5e-4, label_annotators: int = 1, generator: str | None = None,
         n_generated: int = 600, k_generated: int | None = None, n_captions: int = 0, caption_weight: float = 1.0,
-        log=print) -> dict:
+        generator_steps: int | None = None, log=print) -> dict:
     from mmalign.scoring.metrics import hpdv2_accuracy, inversion_score
     from mmalign.scoring.train import PairSet, evaluate_pairs, train_scorer
     from mmalign.synth.annotators import Annotator, agreement
@@ -231,11 +234,11 @@ def run(scorer_name: str, out: Path, seed: int = 0, n_train: int = 600, n_eval: 
     gen_eval = None
     if generator:
         kg = k_generated or k
-        g_media, g_prompts = generated_groups(generator, n_generated, kg, seed + 2, "train", modality)
+        g_media, g_prompts = generated_groups(generator, n_generated, kg, seed + 2, "train", modality, generator_steps)
         g_pairs, g_votes = group_pairs(g_media, g_prompts, kg, label_panel)
         g_pairs.labels = torch.stack(g_votes).mean(0)
         train_pairs = PairSet.cat([train_pairs, g_pairs])
-        ge_media, ge_prompts = generated_groups(generator, n_eval, k, seed + 1002, "heldout", modality)
+        ge_media, ge_prompts = generated_groups(generator, n_eval, k, seed + 1002, "heldout", modality, generator_steps)
         gen_eval, (gl1, gl2) = group_pairs(ge_media, ge_prompts, k, [ann1, ann2])
         gen_eval.labels = gl1
     eval_media, eval_prompts = make_groups(modality, n_eval, k, seed + 1000, "heldout")
@@ -281,7 +284,7 @@ def run(scorer_name: str, out: Path, seed: int = 0, n_train: int = 600, n_eval: 
         gs = scorer.score(gen_eval.a, gen_eval.prompts, progress=False) - scorer.score(gen_eval.b, gen_eval.prompts, progress=False)
         keep = gu.abs() > 1e-6
         report["generated"] = {
-            "generator": generator, "train_groups": n_generated, "heldout_pairs": len(gen_eval),
+            "generator": generator, "generator_steps": generator_steps, "train_groups": n_generated, "heldout_pairs": len(gen_eval),
             "pooled_accuracy": final["generated_pooled_accuracy"], "annotator_ceiling": agreement(gl1, gl2),
             "accuracy_vs_true_utility": float(((gs * gu)[keep] > 0).float().mean()),
         }
@@ -329,6 +332,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--generator", default=None, help="also train on groups sampled from this generator (HPD v2 style)")
     ap.add_argument("--n-generated", type=int, default=600, help="train prompts sampled from --generator")
     ap.add_argument("--k-generated", type=int, default=4, help="samples per prompt from --generator (all pairs are labelled)")
+    ap.add_argument("--generator-steps", type=int, default=None, help="sampling steps of --generator (default: its own)")
     ap.add_argument("--captions", type=int, default=0, help="captioned renders of train prompts for the contrastive term (0: none)")
     ap.add_argument("--caption-weight", type=float, default=1.0, help="weight of the contrastive term next to the preference loss")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
@@ -337,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or asset_path("models", args.scorer)
     run(args.scorer, out, args.seed, args.n_train, args.n_eval, 4, args.steps, args.batch_size, args.lr,
         args.label_annotators, args.generator, args.n_generated, args.k_generated, args.captions, args.caption_weight,
-        log=lambda s: print(s, flush=True))
+        args.generator_steps, log=lambda s: print(s, flush=True))
 
 
 if __name__ == "__main__":
