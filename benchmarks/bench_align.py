@@ -3,10 +3,12 @@ and the effect pooled over seeds (two-level bootstrap: seeds, then held-out prom
 
     python benchmarks/bench_align.py                      # image, video, audio × seeds 0-4
     python benchmarks/bench_align.py --modalities image --seeds 0,1
+    python benchmarks/bench_align.py --modalities audio   # rerun audio; image and video kept from results.json
 
 Writes ``results.json``, ``table.md`` and ``align.png`` to ``--out`` (default benchmarks/results/align).
 A finished run (its ``report.json`` with the same settings) is reused, so a killed benchmark continues;
-``run_minutes`` in results.json sums the runs' own wall times (what the benchmark costs from scratch).
+``run_minutes`` in results.json sums the runs' own wall times (what the benchmark costs from scratch). A call
+for some modalities keeps the others of an existing results.json made with the same seeds and settings.
 The acceptance lines printed at the end are those of the issue that asked for this measure: image win-rate
 CI above 50% at ≥ 4 of 5 seeds, pooled faithfulness Δ > 0 and no oracle skill significantly lower;
 video and audio pooled win-rate CI above 50% and faithfulness or quality Δ > 0.
@@ -121,6 +123,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def previous_modalities(path: Path, seeds: list[int], overrides: list[str]) -> dict[str, Any]:
+    """The modalities of an earlier ``results.json`` made with the same seeds and settings (else none)."""
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text())
+    return old["modalities"] if old.get("seeds") == seeds and old.get("overrides") == overrides else {}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--modalities", default="image,video,audio", help="comma-separated: image, video, audio")
@@ -136,6 +146,9 @@ def main() -> None:
         reports = {s: run(modality, s, args.work, args.overrides) for s in seeds}
         results["modalities"][modality] = summarise(reports)
         results["modalities"][modality]["checks"] = [{"check": c, "holds": ok} for c, ok in checks(modality, results["modalities"][modality])]
+    kept = previous_modalities(args.out / "results.json", seeds, args.overrides)
+    results["modalities"] = {m: results["modalities"].get(m) or kept[m] for m in ("image", "video", "audio")
+                             if m in results["modalities"] or m in kept}
     results["wall_minutes"] = (time.perf_counter() - t0) / 60  # this call: reused runs cost nothing
     results["run_minutes"] = sum(r["minutes"] for m in results["modalities"].values() for r in m["runs"])
     args.out.mkdir(parents=True, exist_ok=True)
