@@ -6,12 +6,11 @@ import pytest
 import torch
 from _scoring_tiny import tiny_hps
 
-import mmalign.synth.keyframes  # noqa: F401  (registers synth-keyframes)
 from mmalign.errors import ConfigError, InputError
 from mmalign.media import ImageBatch, MediaList, VideoBatch
 from mmalign.scoring import load_scorer
 from mmalign.scoring.video import FRAME_CAPTIONS, score_video_frames
-from mmalign.synth.keyframes import synth_keyframes
+from mmalign.synth.keyframes import synth_keyframes  # importing it registers synth-keyframes
 from mmalign.synth.prompts import sample_prompts
 from mmalign.synth.render import render
 
