@@ -1,7 +1,8 @@
 """Train the shipped synth scorers on simulated-annotator data of the synthetic world.
 
     python -m mmalign.zoo.train_scorers --scorer synth-hps --generator synth-sdxl --n-generated 1500
-    python -m mmalign.zoo.train_scorers --scorer synth-clap
+    python -m mmalign.zoo.train_scorers --scorer synth-clap --n-train 400 --n-eval 100 --steps 600 --batch-size 32 \
+        --generator synth-audio --n-generated 400 --generator-steps 8 --captions 2000
 
 Each writes the folder its card loads (``assets/models/synth-hps/``, ``assets/models/synth-clap/``) with
 ``train_report.json``, the held-out evaluation, next to the weights.
@@ -14,7 +15,9 @@ the generators* its scorer will judge, ``--generator`` adds groups of ``k`` samp
 generator (``synth-sdxl`` for synth-hps) on other train prompts: their differences (a wrong count,
 a swapped relation, a smeared shape) are the ones alignment has to see. Every pair within a
 prompt's group is labelled by simulated annotators (``mmalign.synth.annotators.Annotator``), ties
-included.
+included. Pairs of one prompt never say which prompt an item shows, and a scorer trained from scratch
+on them alone may ignore the text (the first synth-clap did); ``--captions N`` adds CLAP's contrastive
+loss on N corrupted renders captioned with their prompts (:class:`mmalign.scoring.train.CaptionSet`).
 
 Evaluation on *held-out prompts*: the scorer's pooled pairwise accuracy against annotator 1's
 labels, next to the **annotator ceiling** = agreement of an independent annotator 2 with annotator 1
