@@ -251,3 +251,5 @@ def test_the_caption_term_teaches_which_caption_goes_with_which_item(tmp_path):
     assert right(scorer) == 1.0
     with pytest.raises(InputError, match="one caption per item"):
         CaptionSet(items, captions[:3])
+    with pytest.raises(ConfigError, match="two-tower"):  # the exact oracle has no embeddings to contrast
+        caption_logits(load_scorer("synth-oracle"), items[:2], ["a red image", "a blue image"])

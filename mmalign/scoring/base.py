@@ -126,6 +126,12 @@ class Scorer:
         order = torch.tensor([i for index in groups.values() for i in index], device=self.device)
         return torch.cat(scores)[torch.argsort(order)]
 
+    def embeddings(self, media: Media, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw embeddings ``[B, D]`` of a batch's items and ``[U, D]`` of ``texts``, with gradients: two-tower
+        scorers (CLIP, CLAP) implement it for contrastive training (:func:`mmalign.scoring.train.caption_logits`)."""
+        raise ConfigError(f"{type(self).__name__} is not a two-tower scorer with item and text embeddings; "
+                          "contrastive (caption) training needs a CLIP or CLAP scorer")
+
     def modules(self) -> list[torch.nn.Module]:
         """The torch modules to move with :meth:`to` (subclasses list theirs)."""
         return []

@@ -133,6 +133,9 @@ class ClapScorer(Scorer):
         feats = out if isinstance(out, torch.Tensor) else out.pooler_output
         return feats[torch.tensor([unique.index(p) for p in prompts], device=feats.device)]
 
+    def embeddings(self, media: AudioBatch, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.audio_embeddings(media), self.text_embeddings(texts)
+
     def _score_batch(self, media: AudioBatch, prompts: list[str]) -> torch.Tensor:
         a = F.normalize(self.audio_embeddings(media).float(), dim=-1)
         t = F.normalize(self.text_embeddings(prompts).float(), dim=-1)

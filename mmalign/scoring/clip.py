@@ -154,6 +154,9 @@ class ClipScorer(Scorer):
         index = torch.tensor([unique.index(p) for p in prompts], device=feats.device)
         return feats[index]
 
+    def embeddings(self, media: ImageBatch, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.image_features(self.prepare(media)), self.text_features(texts)
+
     @property
     def logit_scale(self) -> torch.Tensor:
         return self.model.logit_scale.exp()

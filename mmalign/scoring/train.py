@@ -140,16 +140,8 @@ def pair_logits(scorer: Scorer, a: Media, b: Media, prompts: list[str]) -> torch
 def caption_logits(scorer: Scorer, media: Media, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """``[B, U]`` logits exp(logit_scale)·cos of each item against each *distinct* caption of ``captions`` (one
     per item), and the ``[B]`` index of each item's own caption: the item → text half of the CLIP/CLAP loss."""
-    from mmalign.scoring.clap import ClapScorer
-    from mmalign.scoring.clip import ClipScorer
-
     unique = list(dict.fromkeys(captions))
-    if isinstance(scorer, ClapScorer):
-        items, texts = scorer.audio_embeddings(media), scorer.text_embeddings(unique)
-    elif isinstance(scorer, ClipScorer):
-        items, texts = scorer.image_features(scorer.prepare(media)), scorer.text_features(unique)
-    else:
-        raise ConfigError(f"caption (contrastive) training needs a two-tower CLIP or CLAP scorer, not {type(scorer).__name__}")
+    items, texts = scorer.embeddings(media, unique)
     scale = _logit_scale(scorer)
     cos = torch.nn.functional.normalize(items.float(), dim=-1) @ torch.nn.functional.normalize(texts.float(), dim=-1).T
     target = torch.tensor([unique.index(c) for c in captions], device=cos.device)

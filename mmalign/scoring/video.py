@@ -69,13 +69,11 @@ def score_video_frames(scorer: "Scorer", video: VideoBatch | MediaList, prompts:
         raise InputError(f"unknown frame reduction {reduce!r}; use one of {REDUCTIONS}")
     if stride < 1:
         raise InputError(f"frame stride must be ≥ 1, got {stride}")
-    videos = video.items if isinstance(video, MediaList) else [video[i] for i in range(len(video))]
-    per_video = frame_prompts(prompts, [v.pixels.shape[1] for v in videos], stride, captions)
-    frames, texts, counts = [], [], []
-    for v, caps in zip(videos, per_video):
-        keep = [j for j, c in enumerate(caps) if c is not None]
-        frames.append(v.frames(stride)[keep])
-        texts += [caps[j] for j in keep]
-        counts.append(len(keep))
-    per_frame = scorer.score(concat(frames), texts, **score_kw)
+    items = video.items if isinstance(video, MediaList) else [video]
+    frames = concat([v.frames(stride) for v in items])  # item-major: every video's frames ::stride
+    per_video = frame_prompts(prompts, [v.pixels.shape[1] for v in items for _ in range(len(v))], stride, captions)
+    flat = [c for caps in per_video for c in caps]
+    keep = [i for i, c in enumerate(flat) if c is not None]
+    per_frame = scorer.score(frames if len(keep) == len(flat) else frames[keep], [flat[i] for i in keep], **score_kw)
+    counts = [sum(c is not None for c in caps) for caps in per_video]
     return torch.cat([aggregate(s[None], reduce) for s in per_frame.split(counts)])
