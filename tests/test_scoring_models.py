@@ -120,6 +120,37 @@ def test_clap_scores_audio_resamples_and_is_differentiable():
         s.score(ImageBatch(torch.rand(1, 3, 8, 8)), "a")
 
 
+@pytest.mark.parametrize("rate,target,n", [(8000, 16000, 8000), (44100, 16000, 4410), (16000, 48000, 999), (48000, 16000, 1001),
+                                           (22050, 16000, 5000), (44100, 48000, 441)])
+def test_clap_resample_is_scipy_resample_poly_with_gradients(rate, target, n):
+    """One resampler for both paths, equal to ``resample_poly``: the differentiable reward scores what the plain
+    one does (a linear-interpolation stand-in once scored synth-audio samples 0.51 with gradients and 0.61 without)."""
+    from math import gcd
+
+    from scipy.signal import resample_poly
+
+    from mmalign.scoring.clap import resample
+
+    x = torch.randn(3, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+    g = gcd(rate, target)
+    ref = torch.from_numpy(resample_poly(x.numpy(), target // g, rate // g, axis=-1))
+    assert torch.allclose(resample(x, rate, target), ref, atol=1e-12)
+    xg = x.clone().requires_grad_(True)
+    out = resample(xg, rate, target)
+    assert torch.allclose(out.detach(), ref, atol=1e-12)
+    out.sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
+
+
+def test_clap_differentiable_score_equals_the_plain_score():
+    s, _ = tiny_clap(WORDS)
+    wav = torch.randn(2, 1, 8000, generator=torch.Generator().manual_seed(0)) * 0.3
+    plain = s.score(AudioBatch(wav, sample_rate=8000), ["a fast melody", "a slow melody"])
+    grad = s.score(AudioBatch(wav.clone().requires_grad_(True), sample_rate=8000), ["a fast melody", "a slow melody"],
+                   differentiable=True)
+    assert torch.allclose(grad.detach(), plain, atol=1e-5), (grad, plain)
+
+
 # -- combine ------------------------------------------------------------------------------------------
 def _z_in_pairs(s: torch.Tensor) -> torch.Tensor:
     """z-scores within items (0, 1) and (2, 3): with two items, ±1 by sign of the difference (population std)."""

@@ -1,7 +1,7 @@
 """CLAP text–audio adherence (transformers ``ClapModel``) for music and sound.
 
-Audio is mixed to mono, resampled to the model's rate (``scipy.signal.resample_poly``; the
-differentiable path uses antialiased linear interpolation in torch, since scipy has no autograd),
+Audio is mixed to mono, resampled to the model's rate (``scipy.signal.resample_poly``'s filter, applied in torch so the
+differentiable path scores what the plain one does),
 padded/cropped like ``ClapFeatureExtractor`` and turned into the extractor's log-mel spectrogram
 *in torch* (:func:`log_mel`, checked against the extractor in the tests), so scoring is batched
 on the device and gradients can reach the waveform. Score = cos(audio, text) of the projected,
@@ -34,18 +34,38 @@ from mmalign.scoring.weights import resolve_checkpoint
 
 
 def resample(samples: torch.Tensor, rate: int, target: int) -> torch.Tensor:
-    """``[B, N]`` at ``rate`` → ``[B, N′]`` at ``target`` (N′ = ceil(N·target/rate))."""
+    """``[B, N]`` at ``rate`` → ``[B, N′]`` at ``target`` (N′ = ceil(N·target/rate)): ``scipy.signal.resample_poly``
+    with its defaults (Kaiser-windowed FIR low-pass, β = 5, 10 zero crossings per side; zero padding), written in
+    torch so the same function keeps the autograd graph. A differentiable reward must score what the plain one
+    scores: an approximate resampler there (linear interpolation images the harmonics a timbre is heard by)
+    gives the reward's gradient a different function to climb."""
     if rate == target:
         return samples
-    if samples.requires_grad:
-        n = int(np.ceil(samples.shape[-1] * target / rate))
-        x = samples.reshape(-1, 1, 1, samples.shape[-1])
-        return F.interpolate(x, size=(1, n), mode="bilinear", align_corners=False, antialias=True).reshape(*samples.shape[:-1], n)
-    from scipy.signal import resample_poly
+    from scipy.signal import firwin
 
     g = gcd(int(rate), int(target))
-    out = resample_poly(samples.detach().cpu().double().numpy(), target // g, rate // g, axis=-1)
-    return torch.from_numpy(out).to(device=samples.device, dtype=samples.dtype)
+    up, down = int(target) // g, int(rate) // g
+    n_in = samples.shape[-1]
+    n_out = -(-n_in * up // down)
+    half_len = 10 * max(up, down)
+    h = firwin(2 * half_len + 1, 1.0 / max(up, down), window=("kaiser", 5.0)) * up
+    pre = down - half_len % down  # resample_poly's zero padding that centres the output samples
+    h = np.concatenate([np.zeros(pre), h])
+    taps = -(-len(h) // up)
+    # polyphase: output j is Σ_m h[φ + up·m] · x[q − m] with p = (start + j)·down, φ = p mod up, q = p div up,
+    # so the outputs j0, j0 + up, ... share one sub-filter and are a strided convolution of x
+    phases = torch.from_numpy(np.pad(h, (0, taps * up - len(h))).reshape(taps, up).T.copy())
+    phases = phases.flip(1).to(device=samples.device, dtype=samples.dtype)
+    start = (half_len + pre) // down
+    x = samples.reshape(-1, 1, n_in)
+    last = (start + n_out - 1) * down // up
+    x = F.pad(x, (taps - 1, max(0, last + 1 - n_in) + down))
+    y = x.new_zeros(x.shape[0], n_out)
+    for j0 in range(min(up, n_out)):
+        phase, q0 = divmod((start + j0) * down, up)[::-1]
+        out = F.conv1d(x[..., q0:], phases[phase].view(1, 1, -1), stride=down)
+        y[:, j0::up] = out[:, 0, : len(range(j0, n_out, up))]
+    return y.reshape(*samples.shape[:-1], n_out)
 
 
 @dataclass(frozen=True)
