@@ -179,8 +179,10 @@ def run_demo(modality: str = "image", seed: int = 0, out: Path | None = None, ov
     if method == "draft":  # no preference data: the policy samples the train prompts while it trains
         console.print(f"1/3 no preference data: {method} samples {cfg.train_prompts} train prompts while it trains")
         (out / "train_prompts.txt").write_text("\n".join(train_prompts) + "\n")
-        data_overrides, n_pairs = [f"data.path={out / 'train_prompts.txt'}", f"reward.scorer={cfg.scorer}",
-                                   f"reward.steps={cfg.steps or 'null'}"], 0
+        # the demo's sampling steps, where it sets them, are the training samples' too; else the recipe's
+        data_overrides = [f"data.path={out / 'train_prompts.txt'}", f"reward.scorer={cfg.scorer}",
+                          *([f"reward.steps={cfg.steps}"] if cfg.steps else [])]
+        n_pairs = 0
     else:
         console.print(f"1/3 preference data: {cfg.train_prompts} train prompts × k={cfg.k} samples, scored by {cfg.scorer}")
         data = build_preferences(gen, [scorer], train_prompts, out / "data", k=cfg.k, seed=cfg.seed,
