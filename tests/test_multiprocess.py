@@ -10,7 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -107,7 +109,8 @@ def test_score_under_two_processes_equals_one(tmp_path):
 
 def test_pairs_under_two_processes_equal_one(tmp_path):
     """``mmalign pairs``: each process samples and scores a contiguous share of the prompts with the noise
-    of a one-process run; the gathered manifests and every media file equal one process's."""
+    of a one-process run; the gathered manifests equal one process's, and every media file too up to one
+    8-bit level (a batch of another size sums in another float order, which can flip a rounding)."""
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\ntwo blue squares\na green triangle\n")  # 3 prompts: shares of 2 and 1
     for n in (1, 2):
@@ -125,5 +128,6 @@ def test_pairs_under_two_processes_equal_one(tmp_path):
     files = sorted(p.name for p in (tmp_path / "p1" / "media").iterdir())
     assert len(files) == 6 and files == sorted(p.name for p in (tmp_path / "p2" / "media").iterdir())
     for f in files:
-        assert (tmp_path / "p2" / "media" / f).read_bytes() == (tmp_path / "p1" / "media" / f).read_bytes()
+        a, b = (torch.from_numpy(np.asarray(Image.open(tmp_path / d / "media" / f))).int() for d in ("p1", "p2"))
+        assert a.shape == b.shape and (a - b).abs().max() <= 1 and (a != b).float().mean() < 0.01, f
     assert json.loads((tmp_path / "p2" / "meta.json").read_text())["processes"] == 2
