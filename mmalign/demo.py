@@ -6,10 +6,10 @@ simulated annotators measure what the generic trainer did.
 1. load the shipped synthetic-world generator (``synth-sdxl`` for images) and scorer (``synth-hps``);
 2. for a preference method (Diffusion-DPO, RankDPO, ...), build preference data on *train* prompts: k
    samples per prompt, scored, best vs worst (``mmalign pairs``); reward backpropagation (``draft``,
-   the image default) needs no data: it samples the train prompts while it trains;
-3. train with LoRA (images: ``recipes/synth-draft.yaml``; video and audio: Diffusion-DPO,
-   ``recipes/synth-{video,audio}-dpo.yaml``), logging a validation curve on train-split prompts the
-   training does not use;
+   the image and audio default) needs no data: it samples the train prompts while it trains;
+3. train with LoRA (images: ``recipes/synth-draft.yaml``; audio: the same with DPOK's KL anchor,
+   ``recipes/synth-audio-draft.yaml``; video: Diffusion-DPO, ``recipes/synth-video-dpo.yaml``), logging a
+   validation curve on train-split prompts the training does not use;
 4. evaluate base (the plain generator) vs aligned (``load_generator(generator, lora=run/final)``, as a
    user would load the trained LoRA) on **held-out** prompts with the same seeds: mean scorer
    reward, oracle per-skill accuracy and win-rate under a panel of simulated annotators, each with a
@@ -60,7 +60,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "video": {"generator": "synth-video", "scorer": "synth-hps", "recipe": "synth-video-dpo", "train_prompts": 96,
               "val_prompts": 24, "eval_prompts": 96},
     # 8 sampling steps instead of the generator's 24: the audio demo in about 2.5 min instead of 15
-    "audio": {"generator": "synth-audio", "scorer": "synth-clap", "recipe": "synth-audio-dpo", "train_prompts": 96,
+    "audio": {"generator": "synth-audio", "scorer": "synth-clap", "recipe": "synth-audio-draft", "train_prompts": 96,
               "val_prompts": 24, "eval_prompts": 96, "steps": 8},
 }
 

@@ -111,3 +111,38 @@ def test_only_the_last_k_denoiser_calls_receive_the_rewards_gradient(tmp_path, f
     hook.remove()
     media.data.square().mean().backward()
     assert reached == [False, False, False, True, True]
+
+
+def test_the_kl_anchor_compares_the_last_k_steps_with_the_reference_and_enters_the_loss(tmp_path, sdxl_folder):
+    """DPOK's regulariser: zero while the LoRA is zero (policy = reference), one term per step with gradients,
+    and its gradient reaches the LoRA; in a run the loss is −reward + kl_weight · kl."""
+    import json
+
+    from mmalign.align.draft import kl_anchor
+    from mmalign.align.trainer import lora_disabled
+    from peft import LoraConfig, inject_adapter_in_model
+
+    gen = load_generator(sdxl_folder)
+    unet = gen.denoiser
+    inject_adapter_in_model(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_v"]), unet)
+    lora_b = [p for n, p in unet.named_parameters() if "lora_B" in n]
+    penalties: list[torch.Tensor] = []
+    with kl_anchor(unet, lambda: lora_disabled(unet), skip=1, penalties=penalties):
+        gen.sample_differentiable(PROMPTS[:2], _noise([3, 4]), grad_steps=3, steps=4)
+    assert len(penalties) == 3 and all(float(p.detach()) == 0.0 for p in penalties)
+    with torch.no_grad():
+        for p in lora_b:
+            p.normal_(0, 0.1)
+    penalties.clear()
+    with kl_anchor(unet, lambda: lora_disabled(unet), skip=1, penalties=penalties):
+        gen.sample_differentiable(PROMPTS[:2], _noise([3, 4]), grad_steps=3, steps=4)
+    assert len(penalties) == 3 and all(float(p.detach()) > 0 for p in penalties)
+    torch.stack(penalties).mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora_b)
+
+    run = train(_recipe(tmp_path, sdxl_folder, reward={"scorer": "synth-hps", "grad_steps": 2, "kl_weight": 5.0}))
+    rows = [json.loads(line) for line in (run.output_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "kl" in r]
+    assert [r["step"] for r in steps] == [1, 2] and steps[0]["kl"] == 0.0 and steps[1]["kl"] > 0
+    m = run.last_metrics
+    assert m["loss"] == pytest.approx(-m["reward"] + 5.0 * m["kl"], rel=1e-5)

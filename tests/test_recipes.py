@@ -15,7 +15,7 @@ from mmalign.paths import shipped_dir
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 RECIPES = sorted(shipped_dir("recipes").glob("*.yaml"))
 EXPECTED = {"sdxl-diffusion-dpo", "sdxl-diffusion-dpo-full", "sdxl-rankdpo", "synth-diffusion-dpo", "synth-rankdpo",
-            "synth-video-dpo", "synth-audio-dpo", "synth-draft", "synth-video-draft"}
+            "synth-video-dpo", "synth-audio-dpo", "synth-draft", "synth-video-draft", "synth-audio-draft"}
 SELMA = {"synth-selma", "synth-video-selma", "sdxl-selma"}  # run by `mmalign selma`
 
 

@@ -6,16 +6,22 @@ descends on ``−mean(reward)``. The latents are detached after every sampling s
 gradient reaches the denoiser (its LoRA) through those K steps only: DRaFT's truncated backpropagation,
 which Clark et al. found both cheaper and better behaved than backpropagating through the whole chain.
 The loss is ``−mean(reward)``: AlignProp's ``10 − mean(reward)`` (trl ``alignprop_trainer.py`` @ 78f1a928c^,
-L277–290) up to a constant. There is no preference data and no reference model: a run's "data" is its
-prompts (``data.path``), and nothing but the LoRA's size, the step count and the reward-hacking guard
-(``eval.guard``, which should watch a judge the reward is not) keeps the policy near the base model.
+L277–290) up to a constant. There is no preference data: a run's "data" is its prompts (``data.path``).
+What keeps the policy near the base model is the LoRA's size, the step count, the reward-hacking guard
+(``eval.guard``, which should watch a judge the reward is not) and, with ``reward.kl_weight`` > 0, DPOK's
+KL regulariser (Fan et al. 2023, "DPOK: Reinforcement Learning for Fine-tuning Text-to-Image Diffusion
+Models"): the KL between the policy's and the reference's sampling chains is bounded by the sum of the
+per-step KLs, each ∝ ‖ε_θ(x_t) − ε_ref(x_t)‖² for Gaussian steps of equal variance, so the loss adds
+``kl_weight · mean_t mean ‖ε_θ − ε_ref‖²`` over the steps the reward's gradient flows through, ε_ref being
+the reference denoiser (LoRA disabled) run without gradients on the policy's own input.
 Under ``accelerate launch`` each process samples its share of a step's prompts (seeds drawn for the whole
 step) and the trainer averages the gradients, so N processes train as one with the same global batch.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -34,6 +40,7 @@ class RewardBackprop:
         if generator is None:
             raise ConfigError("method: draft samples while it trains and needs the generator, not a bare adapter")
         self.recipe, self.generator, self.device = recipe, generator, device
+        self.reference: Callable[[], Any] | None = None  # the trainer's reference context (reward.kl_weight)
         self.prompts = read_prompts(recipe.data.path)
         self.scorer = load_scorer(recipe.reward.scorer, device=str(device))
         for module in self.scorer.modules():
@@ -54,12 +61,57 @@ class RewardBackprop:
         prompts = [self.prompts[int(i)] for i in index[rows]]
         noise = [torch.Generator(self.generator.device).manual_seed(s) for s in seeds]
         rw = self.recipe.reward
-        media = self.generator.sample_differentiable(prompts, noise, rw.grad_steps, steps=rw.steps, guidance=rw.guidance)
+        steps = int(rw.steps or self.generator.defaults.get("steps", 30))
+        penalties: list[torch.Tensor] = []
+        anchor = contextlib.nullcontext()
+        if rw.kl_weight > 0:
+            if self.reference is None:
+                raise ConfigError("reward.kl_weight needs the trainer's reference model; set it to 0 outside the trainer")
+            anchor = kl_anchor(self.generator.denoiser, self.reference, steps - rw.grad_steps, penalties)
+        with anchor:
+            media = self.generator.sample_differentiable(prompts, noise, rw.grad_steps, steps=steps, guidance=rw.guidance)
         reward = self.scorer.score(media, prompts, differentiable=True, progress=False).float()
         loss = -reward.mean()
-        metrics: dict[str, Any] = {"loss": loss.detach(), "reward": reward.detach().mean(),
+        metrics: dict[str, Any] = {"reward": reward.detach().mean(),
                                    "reward_std": reward.detach().std() if len(reward) > 1 else torch.zeros(())}
+        if penalties:
+            kl = torch.stack(penalties).mean()
+            loss = loss + rw.kl_weight * kl
+            metrics["kl"] = kl.detach()
+        metrics["loss"] = loss.detach()
         return loss, metrics
 
 
-__all__ = ["RewardBackprop"]
+@contextlib.contextmanager
+def kl_anchor(denoiser: torch.nn.Module, reference: Callable[[], Any], skip: int,
+              penalties: list[torch.Tensor]) -> Iterator[None]:
+    """While active, every denoiser call after the first ``skip`` (one call a sampling step, both
+    classifier-free-guidance branches batched, as diffusers' pipelines call it) appends
+    ``mean ‖ε_θ − ε_ref‖²`` to ``penalties``: ε_ref is the same call under ``reference()`` without gradients."""
+    calls, inside = [0], [False]
+
+    def first(out: Any) -> torch.Tensor:
+        return out if torch.is_tensor(out) else out[0]  # a tensor, a tuple or a diffusers BaseOutput
+
+    def hook(module: torch.nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+        if inside[0]:
+            return
+        calls[0] += 1
+        if calls[0] <= skip or not torch.is_grad_enabled():
+            return
+        inside[0] = True
+        try:
+            with torch.no_grad(), reference():
+                ref = first(module(*args, **kwargs))
+        finally:
+            inside[0] = False
+        penalties.append((first(out).float() - ref.float()).pow(2).mean())
+
+    handle = denoiser.register_forward_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+__all__ = ["RewardBackprop", "kl_anchor"]

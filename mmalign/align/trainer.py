@@ -502,6 +502,8 @@ class Trainer:
             denoiser.requires_grad_(True)
             self.ref_model = copy.deepcopy(denoiser).requires_grad_(False).eval().to(self.device)
             self.reference = lambda: swapped_parameters(denoiser, self.ref_model)
+        if isinstance(self.data, RewardBackprop):
+            self.data.reference = self.reference
         if r.gradient_checkpointing:
             if not hasattr(denoiser, "enable_gradient_checkpointing"):
                 raise ConfigError(f"gradient_checkpointing: {type(denoiser).__name__} does not support it; set it to false")
