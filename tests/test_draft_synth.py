@@ -1,6 +1,7 @@
-"""The shipped DRaFT recipe on the synthetic world, a real training of the shipped synth-sdxl (about 2 min on 2
-cores): on the demo's 256 held-out prompts of seed 10 both synth-hps and the oracle's faithfulness rise, and the
-reward-hacking guard, watching the oracle, does not flag the run."""
+"""The shipped DRaFT recipes on the synthetic world, real trainings of the shipped models (about 2 min each on 2
+cores). Images: on the demo's 256 held-out prompts of seed 10 both synth-hps and the oracle's faithfulness rise.
+Audio: synth-clap rises while DPOK's KL anchor keeps the timbre the unanchored run trades away (−18 points at
+this seed). In both the reward-hacking guard, watching the oracle, does not flag the run."""
 
 from __future__ import annotations
 
@@ -25,4 +26,18 @@ def test_the_shipped_draft_recipe_raises_reward_and_faithfulness_on_held_out_pro
     assert (start["step"], end["step"]) == (0, 100)
     assert end["score"] > start["score"] + 0.005, (start, end)  # synth-hps (the reward)
     assert end["judge"] > start["judge"] + 0.01, (start, end)  # oracle faithfulness (never trained on)
+    assert not result.flags, result.flags
+
+
+def test_the_shipped_audio_draft_recipe_raises_the_reward_and_keeps_the_timbre(tmp_path):
+    (tmp_path / "train.txt").write_text("\n".join(sample_prompts("audio", 96, seed=10, split="train")) + "\n")
+    (tmp_path / "heldout.txt").write_text("\n".join(sample_prompts("audio", 96, seed=12, split="heldout")) + "\n")
+    result = train("synth-audio-draft", overrides=[
+        f"data.path={tmp_path / 'train.txt'}", f"output_dir={tmp_path / 'run'}", f"eval.prompts={tmp_path / 'heldout.txt'}",
+        "eval.n_prompts=null", "eval.seed=787", "checkpoint_every=0", "seed=10", "progress=false"])
+    start, end = result.eval_history[0], result.eval_history[-1]
+    assert (start["step"], end["step"]) == (0, 50)
+    assert end["score"] > start["score"] + 0.005, (start, end)  # synth-clap (the reward)
+    assert end["judge/timbre"] >= start["judge/timbre"] - 0.05, (start, end)  # what the unanchored reward trades away
+    assert end["judge"] >= start["judge"] - 0.02, (start, end)
     assert not result.flags, result.flags
