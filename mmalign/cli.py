@@ -67,7 +67,7 @@ def demo(
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Change a demo setting: --set k=8 --set 'recipe_overrides=[max_steps=100]'"),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars or tables."),
 ) -> None:
-    """The main job: align a shipped model (images, audio: DRaFT reward backpropagation; video: Diffusion-DPO) and measure the effect on held-out prompts."""
+    """The main job: align a shipped model (DRaFT reward backpropagation) and measure the effect on held-out prompts."""
     from mmalign.demo import run_demo
 
     run_demo(modality=modality, seed=seed, out=out, overrides=list(set_ or []), quiet=quiet)

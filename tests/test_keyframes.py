@@ -9,8 +9,9 @@ from _scoring_tiny import tiny_hps
 from mmalign.errors import ConfigError, InputError
 from mmalign.media import ImageBatch, MediaList, VideoBatch
 from mmalign.scoring import load_scorer
-from mmalign.scoring.video import FRAME_CAPTIONS, score_video_frames
-from mmalign.synth.keyframes import synth_keyframes  # importing it registers synth-keyframes
+from mmalign.bench.formulas import temporal_flickering
+from mmalign.scoring.video import FRAME_CAPTIONS, frame_change, score_video_frames
+from mmalign.synth.keyframes import synth_keyframes, synth_still_shot  # importing it registers synth-keyframes
 from mmalign.synth.prompts import sample_prompts
 from mmalign.synth.render import render
 
@@ -41,6 +42,28 @@ def test_captioned_frames_score_against_their_caption_and_uncaptioned_frames_are
     alone = score_video_frames(scorer, short, prompts[1:], captions="synth-keyframes", stride=2)
     assert torch.allclose(both[1:], alone, atol=1e-6)
     assert torch.allclose(alone, scorer.score(ImageBatch(v.detach()[1, [0, 2]]), ["a purple circle"] * 2).mean()[None], atol=1e-6)
+
+
+def test_the_still_shot_penalty_is_vbench_flickering_on_static_prompts_only():
+    scorer = tiny_hps()
+    v = torch.rand(3, 9, 3, 32, 32, requires_grad=True)
+    prompts = ["a static purple circle", "a red square moving left", "a red square turning blue"]
+    assert [synth_still_shot(p) for p in prompts] == [True, False, False]
+    plain = score_video_frames(scorer, VideoBatch(v.detach()), prompts, captions="synth-keyframes")
+    got = score_video_frames(scorer, VideoBatch(v), prompts, captions="synth-keyframes", still_weight=2.0, differentiable=True)
+    # 1 − MAE is VBench's temporal_flickering on uint8 frames (vbench/temporal_flickering.py)
+    u8 = (v.detach()[0] * 255).round() / 255
+    assert abs(1 - float(frame_change(u8[None])) - temporal_flickering((u8 * 255).to(torch.uint8))) < 1e-6
+    assert torch.allclose(got.detach(), plain - torch.tensor([2.0, 0, 0]) * frame_change(v.detach()), atol=1e-6)
+    got[0].backward()  # the penalty's gradient moves frames toward their neighbours
+    assert v.grad[0].abs().sum() > 0
+    assert float(frame_change(v.detach()[:1, :1])) == 0.0  # one frame: nothing changes
+    # the card key: a still_weight needs a planner; a card with one scores as the function does
+    with pytest.raises(ConfigError, match="video.captions"):
+        load_scorer("synth-hps", card_overrides=["video.still_weight=1"])
+    card = load_scorer("synth-hps-keyframes", card_overrides=["video.still_weight=2"])
+    direct = score_video_frames(card, VideoBatch(v.detach()), prompts, captions="synth-keyframes", still_weight=2.0)
+    assert torch.allclose(card.score(VideoBatch(v.detach()), prompts), direct, atol=1e-6)
 
 
 def test_bad_planners_and_strides_are_clear_errors():

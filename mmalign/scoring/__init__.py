@@ -19,7 +19,7 @@ from mmalign.scoring.card import ScorerCard, list_scorer_cards, read_card
 from mmalign.scoring.combine import CombinedScorer, combine
 
 #: keyword overrides ``load_scorer`` accepts (everything else is a ConfigError naming these)
-OVERRIDES = ("name", "bt_scale", "video_reduce", "video_stride", "video_captions", "generate", "point_mode", "pair_mode", "card_overrides")
+OVERRIDES = ("name", "bt_scale", "video_reduce", "video_stride", "video_captions", "video_still_weight", "generate", "point_mode", "pair_mode", "card_overrides")
 
 
 def list_scorers() -> list[str]:
@@ -45,7 +45,7 @@ def load_scorer(name_or_card_path: str | Path, device: str = "auto", dtype: Any 
                 local_files_only: bool | None = None, **overrides: Any) -> Scorer:
     """Build the scorer of a shipped card name (``list_scorers()``) or a card file path.
 
-    ``overrides``: ``name``, ``bt_scale``, ``video_reduce``, ``video_stride``, ``video_captions``; for VLM judges
+    ``overrides``: ``name``, ``bt_scale``, ``video_reduce``, ``video_stride``, ``video_captions``, ``video_still_weight``; for VLM judges
     ``generate`` (any ``generate(text, images) -> str``), ``point_mode``, ``pair_mode``;
     ``card_overrides`` (``["score.bt_scale=50", ...]``) edits card keys before validation.
     """
@@ -56,7 +56,8 @@ def load_scorer(name_or_card_path: str | Path, device: str = "auto", dtype: Any 
     build = scorer_builder(card)
     learned = card.score.bt_scale == "logit_scale"
     kw = dict(name=card.name, device=device, dtype=dtype, bt_scale=1.0 if learned else card.score.bt_scale,
-              video_reduce=card.video.reduce, video_stride=card.video.stride, video_captions=card.video.captions)
+              video_reduce=card.video.reduce, video_stride=card.video.stride, video_captions=card.video.captions,
+              video_still_weight=card.video.still_weight)
     kw.update(overrides)
     scorer = build(card, local_files_only, **kw)
     if learned and "bt_scale" not in overrides:

@@ -24,7 +24,7 @@ Scorers are built from cards by *family builders* registered in :data:`SCORER_FA
 
 A builder finds its own weights (``mmalign.scoring.weights.resolve_checkpoint``, if it has any)
 and passes ``kw`` (``name``, ``device``, ``dtype``, ``bt_scale``, ``video_reduce``,
-``video_stride``, ``video_captions`` and the caller's overrides) on to its :class:`Scorer`.
+``video_stride``, ``video_captions``, ``video_still_weight`` and the caller's overrides) on to its :class:`Scorer`.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ class Scorer:
 
     Attributes: ``name``, ``modalities`` (what ``score`` accepts; image scorers also accept videos,
     scored by frame aggregation unless ``native_video``), ``needs_prompts``,
-    ``bt_scale`` (β of ``compare``), ``video_reduce`` / ``video_stride`` / ``video_captions`` (frame aggregation),
+    ``bt_scale`` (β of ``compare``), ``video_reduce`` / ``video_stride`` / ``video_captions`` /
+    ``video_still_weight`` (frame aggregation, :func:`mmalign.scoring.video.score_video_frames`),
     ``device``, ``dtype`` (compute dtype of :meth:`compute_modules`, whose weights are cast to it),
     ``card`` (or None).
     """
@@ -101,7 +102,7 @@ class Scorer:
 
     def __init__(self, *, name: str = "scorer", device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
                  bt_scale: float = 1.0, video_reduce: str = "mean", video_stride: int = 1, video_captions: str | None = None,
-                 card: ScorerCard | None = None):
+                 video_still_weight: float = 0.0, card: ScorerCard | None = None):
         self.name = name
         self.device = resolve_device(device)
         self.dtype = torch.float32  # the weights as built; `to` casts them
@@ -110,6 +111,7 @@ class Scorer:
         self.video_reduce = video_reduce
         self.video_stride = int(video_stride)
         self.video_captions = video_captions
+        self.video_still_weight = float(video_still_weight)
         self.card = card
 
     # -- what subclasses implement ------------------------------------------------------------
@@ -188,7 +190,7 @@ class Scorer:
             from mmalign.scoring.video import score_video_frames
 
             return score_video_frames(self, media, prompts, reduce=self.video_reduce, stride=self.video_stride, captions=self.video_captions,
-                                      batch_size=batch_size, progress=progress, differentiable=differentiable)
+                                      still_weight=self.video_still_weight, batch_size=batch_size, progress=progress, differentiable=differentiable)
         starts = range(0, len(media), batch_size)
         show = progress if progress is not None else len(media) > 8 * batch_size
         out = []

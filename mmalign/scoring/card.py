@@ -16,9 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mmalign.cards import Card, list_cards, load_card
+from mmalign.errors import ConfigError
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -106,6 +107,13 @@ class VideoSpec(_Strict):
     reduce: Literal["mean", "min"] = "mean"
     stride: int = Field(1, ge=1)
     captions: str | None = Field(None, description="A frame-caption planner (mmalign.scoring.video.FRAME_CAPTIONS, registered by the card's plugin): score each frame against its keyframe caption instead of the video's prompt")
+    still_weight: float = Field(0.0, ge=0, description="w of a still-shot penalty: videos whose prompt the planner `captions` (mmalign.scoring.video.STILL_SHOTS) calls a still shot lose w · mean frame-to-frame MAE (VBench temporal flickering); 0 = off")
+
+    @model_validator(mode="after")
+    def _still_needs_planner(self) -> "VideoSpec":
+        if self.still_weight > 0 and self.captions is None:
+            raise ConfigError("video.still_weight > 0 needs video.captions: the planner that says which prompts are still shots")
+        return self
 
 
 class JudgeSpec(_Strict):

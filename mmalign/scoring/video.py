@@ -11,6 +11,12 @@ square at the start and a blue one at the end, which an image scorer can check f
 against the whole prompt. Planners come from the prompt's world (an LLM prompt planner for real prompts, as
 in VideoDirectorGPT, Lin et al. 2023; the synthetic world's grammar registers ``synth-keyframes``); scoring
 key frames with an image reward model is InstructVideo's segmental video reward (Yuan et al. 2024, §3.2).
+
+No image scorer sees whether anything moves. With ``still_weight`` w > 0, a video whose prompt the
+planner of the same name in :data:`STILL_SHOTS` calls a still shot ("a static red circle") also loses
+``w · mean_t MAE(frame_t, frame_{t+1})`` (pixels in [0, 1]): VBench's temporal flickering,
+``1 − MAE``, which VBench scores on static videos only (Huang et al. 2024, VBench, §3.1;
+``vbench/temporal_flickering.py``), as a differentiable penalty that is 0 for a perfectly still video.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ REDUCTIONS = ("mean", "min")
 #: ``planner(prompt, num_frames) -> [caption or None per frame]``: keyframe captions of a video prompt
 FrameCaptions = Callable[[str, int], Sequence[Optional[str]]]
 FRAME_CAPTIONS: Registry[FrameCaptions] = Registry("frame-caption planner")
+#: ``still(prompt) -> bool``: does the prompt ask for a still shot, in which nothing moves?
+STILL_SHOTS: Registry[Callable[[str], bool]] = Registry("still-shot planner")
 
 
 def aggregate(frame_scores: torch.Tensor, reduce: str = "mean") -> torch.Tensor:
@@ -60,11 +68,21 @@ def frame_prompts(prompts: Sequence[str], counts: Sequence[int], stride: int, ca
     return out
 
 
+def frame_change(pixels: torch.Tensor) -> torch.Tensor:
+    """``[B, T, 3, H, W]`` pixels in [0, 1] → ``[B]`` mean_t MAE(frame_t, frame_{t+1}), differentiable
+    (VBench's temporal flickering is ``1 − this`` on 0–255 frames / 255); 0 for one frame."""
+    if pixels.shape[1] < 2:
+        return pixels.new_zeros(pixels.shape[0])
+    return (pixels[:, 1:] - pixels[:, :-1]).abs().flatten(2).mean(2).mean(1)
+
+
 def score_video_frames(scorer: "Scorer", video: VideoBatch | MediaList, prompts: list[str], *, reduce: str = "mean",
-                       stride: int = 1, captions: str | None = None, **score_kw) -> torch.Tensor:
+                       stride: int = 1, captions: str | None = None, still_weight: float = 0.0, **score_kw) -> torch.Tensor:
     """Score videos with an image scorer by frame aggregation → ``Tensor[B]``; a MediaList of videos of
     different sizes or frame counts is scored as one flat list of frames, then reduced per video. With
-    ``captions`` each frame is scored against its keyframe caption and uncaptioned frames are left out."""
+    ``captions`` each frame is scored against its keyframe caption and uncaptioned frames are left out;
+    with ``still_weight`` > 0 the videos whose prompt that planner calls a still shot lose
+    ``still_weight ·`` :func:`frame_change`."""
     if reduce not in REDUCTIONS:
         raise InputError(f"unknown frame reduction {reduce!r}; use one of {REDUCTIONS}")
     if stride < 1:
@@ -76,4 +94,12 @@ def score_video_frames(scorer: "Scorer", video: VideoBatch | MediaList, prompts:
     keep = [i for i, c in enumerate(flat) if c is not None]
     per_frame = scorer.score(frames if len(keep) == len(flat) else frames[keep], [flat[i] for i in keep], **score_kw)
     counts = [sum(c is not None for c in caps) for caps in per_video]
-    return torch.cat([aggregate(s[None], reduce) for s in per_frame.split(counts)])
+    scores = torch.cat([aggregate(s[None], reduce) for s in per_frame.split(counts)])
+    if still_weight > 0:
+        if captions is None:
+            raise InputError("a still-shot penalty (still_weight > 0) needs a planner: set the card's video.captions")
+        still = STILL_SHOTS.get(captions)
+        change = torch.cat([frame_change(v.pixels) for v in items]).to(scores)
+        mask = torch.tensor([float(still(p)) for p in prompts], device=scores.device, dtype=scores.dtype)
+        scores = scores - still_weight * mask * change
+    return scores
