@@ -15,7 +15,7 @@ key frames with an image reward model is InstructVideo's segmental video reward 
 No image scorer sees whether anything moves. With ``still_weight`` w > 0, a video whose prompt the
 planner of the same name in :data:`STILL_SHOTS` calls a still shot ("a static red circle") also loses
 ``w · mean_t MAE(frame_t, frame_{t+1})`` (pixels in [0, 1]): VBench's temporal flickering,
-``1 − MAE``, which VBench scores on static videos only (Huang et al. 2024, VBench, §3.1;
+``1 − MAE``, which VBench scores on static videos only (Huang et al. 2024, VBench;
 ``vbench/temporal_flickering.py``), as a differentiable penalty that is 0 for a perfectly still video.
 """
 
