@@ -51,9 +51,11 @@ def test_the_still_shot_penalty_is_vbench_flickering_on_static_prompts_only():
     assert [synth_still_shot(p) for p in prompts] == [True, False, False]
     plain = score_video_frames(scorer, VideoBatch(v.detach()), prompts, captions="synth-keyframes")
     got = score_video_frames(scorer, VideoBatch(v), prompts, captions="synth-keyframes", still_weight=2.0, differentiable=True)
-    # 1 − MAE is VBench's temporal_flickering on uint8 frames (vbench/temporal_flickering.py)
-    u8 = (v.detach()[0] * 255).round() / 255
-    assert abs(1 - float(frame_change(u8[None])) - temporal_flickering((u8 * 255).to(torch.uint8))) < 1e-6
+    # 1 − MAE is VBench's temporal_flickering on uint8 frames (vbench/temporal_flickering.py), by hand
+    u8 = (v.detach()[0] * 255).round().to(torch.uint8)
+    by_hand = (255 - (u8[1:].int() - u8[:-1].int()).abs().double().mean()) / 255
+    assert abs(1 - float(frame_change(u8[None] / 255.0)) - float(by_hand)) < 1e-6
+    assert abs(temporal_flickering(u8) - float(by_hand)) < 1e-12
     assert torch.allclose(got.detach(), plain - torch.tensor([2.0, 0, 0]) * frame_change(v.detach()), atol=1e-6)
     got[0].backward()  # the penalty's gradient moves frames toward their neighbours
     assert v.grad[0].abs().sum() > 0

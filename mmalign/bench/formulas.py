@@ -64,11 +64,9 @@ def temporal_flickering(frames: torch.Tensor) -> float:
     VBench reads BGR with OpenCV; the mean absolute difference over all channels does not depend on
     channel order, so RGB gives the same number.
     """
-    x = frames.to(torch.int16)
-    if x.shape[0] < 2:
-        return 1.0
-    mae = (x[1:] - x[:-1]).abs().flatten(1).double().mean(1)  # [F-1]; numpy's float64 mean of cv2.absdiff
-    return float((255.0 - mae.mean()) / 255.0)
+    from mmalign.scoring.video import frame_change  # the same MAE, differentiable, as the still-shot reward
+
+    return float(1.0 - frame_change(frames.double()[None] / 255.0)[0])  # float64, as numpy's mean of cv2.absdiff
 
 
 def motion_smoothness(originals: torch.Tensor, predictions: torch.Tensor) -> float:
