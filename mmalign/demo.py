@@ -8,9 +8,9 @@ simulated annotators measure what the generic trainer did.
    samples per prompt, scored, best vs worst (``mmalign pairs``); reward backpropagation (``draft``,
    every modality's default) needs no data: it samples the train prompts while it trains;
 3. train with LoRA (images: ``recipes/synth-draft.yaml``; audio: the same with DPOK's KL anchor,
-   ``recipes/synth-audio-draft.yaml``; video: through the whole sampling chain on ``synth-hps-video``,
-   ``recipes/synth-video-draft.yaml``), logging a validation curve on train-split prompts the training
-   does not use;
+   ``recipes/synth-audio-draft.yaml``; video: through the whole sampling chain on ``synth-video-reward``
+   with the same anchor, ``recipes/synth-video-draft.yaml``), logging a validation curve on train-split
+   prompts the training does not use;
 4. evaluate base (the plain generator) vs aligned (``load_generator(generator, lora=run/final)``, as a
    user would load the trained LoRA) on **held-out** prompts with the same seeds: mean scorer
    reward, oracle per-skill accuracy and win-rate under a panel of simulated annotators, each with a
@@ -59,7 +59,7 @@ METHOD_NAMES = {"diffusion_dpo": "Diffusion-DPO", "rank_dpo": "RankDPO", "lipo":
 PRESETS: dict[str, dict[str, Any]] = {
     "image": {},
     # 192 held-out prompts for a narrower CI: sampling them is cheap next to training through 20 sampling steps
-    "video": {"generator": "synth-video", "scorer": "synth-hps-video", "recipe": "synth-video-draft", "train_prompts": 96,
+    "video": {"generator": "synth-video", "scorer": "synth-video-reward", "recipe": "synth-video-draft", "train_prompts": 96,
               "val_prompts": 24, "eval_prompts": 192},
     # 8 sampling steps instead of the generator's 24: the audio demo in about 2.5 min instead of 15
     "audio": {"generator": "synth-audio", "scorer": "synth-clap", "recipe": "synth-audio-draft", "train_prompts": 96,

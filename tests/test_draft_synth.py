@@ -1,7 +1,7 @@
 """The shipped DRaFT recipes on the synthetic world, real trainings of the shipped models (2–4 min each on 2
 cores). Images: on the demo's 256 held-out prompts of seed 10 both synth-hps and the oracle's faithfulness rise.
 Audio: synth-clap rises while DPOK's KL anchor keeps the timbre the unanchored run trades away (−18 points at
-this seed). Video: synth-hps-video and faithfulness rise and static objects stay put. In all three the
+this seed). Video: synth-video-reward and faithfulness rise and static objects stay put. In all three the
 reward-hacking guard, watching the oracle, does not flag the run."""
 
 from __future__ import annotations
@@ -46,6 +46,6 @@ def test_the_shipped_audio_draft_recipe_raises_the_reward_and_keeps_the_timbre(t
 def test_the_shipped_video_draft_recipe_raises_reward_and_faithfulness_and_keeps_objects_still(tmp_path):
     start, end = _train_at_seed_10("synth-video-draft", "video", tmp_path, 96, 96, "eval.every=50")
     assert (start["step"], end["step"]) == (0, 50)
-    assert end["score"] > start["score"] + 0.005, (start, end)  # synth-hps-video (the reward)
+    assert end["score"] > start["score"] + 0.005, (start, end)  # synth-video-reward (the reward)
     assert end["judge"] > start["judge"] + 0.01, (start, end)  # oracle faithfulness (never trained on)
     assert end["judge/static"] >= start["judge/static"], (start, end)  # what a frame reward alone cannot see

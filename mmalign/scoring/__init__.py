@@ -29,7 +29,7 @@ def list_scorers() -> list[str]:
 
 def scorer_builder(card: ScorerCard) -> ScorerBuilder:
     """The builder of ``card.architecture.family``, after importing the built-in families and the card's plugin."""
-    from mmalign.scoring import clap, clip, judge  # noqa: F401  (they register the built-in families)
+    from mmalign.scoring import clap, clip, combine, judge  # noqa: F401  (they register the built-in families)
 
     where = str(card.source or card.name)
     if card.plugin:

@@ -89,13 +89,15 @@ class ScoreSpec(_Strict):
     CLIP score), ``aesthetic_mlp`` (MLP on the L2-normalised image embedding, LAION
     improved-aesthetic-predictor ``simple_inference.py``), ``judge`` (parsed VLM output,
     UnifiedReward), ``oracle`` (an exact check against known ground truth, as the synthetic world's),
-    ``raters`` (a panel of simulated people's mean rating of the oracle's utility, the synthetic world's).
+    ``raters`` (a panel of simulated people's mean rating of the oracle's utility, the synthetic world's),
+    ``mos`` (a regressed mean opinion score of quality, no prompt: MUSIQ-style IQA), ``combined`` (a weighted
+    sum of other cards' scores, family ``combine``: :func:`mmalign.scoring.combine.combine`).
     ``bt_scale``: β of the Bradley-Terry probability P(a ≻ b) = σ(β·(s_a − s_b)) used by ``compare``;
     ``logit_scale`` = the checkpoint's own exp(logit_scale), i.e. the pairwise probability the model
     was trained with (HPS v2, PickScore-style cross-entropy over two images).
     """
 
-    formula: Literal["cosine", "scaled_cosine", "100cosine", "aesthetic_mlp", "judge", "oracle", "raters"]
+    formula: Literal["cosine", "scaled_cosine", "100cosine", "aesthetic_mlp", "judge", "oracle", "raters", "mos", "combined"]
     bt_scale: float | Literal["logit_scale"] = 1.0
     range: str | None = None
     description: str = ""

@@ -18,7 +18,8 @@ from typing import Sequence
 import torch
 
 from mmalign.errors import ConfigError, InputError
-from mmalign.scoring.base import Scorer, as_media, check_prompts
+from mmalign.scoring.base import SCORER_FAMILIES, Scorer, as_media, check_prompts
+from mmalign.scoring.card import ScorerCard, VideoSpec
 
 NORMALIZATIONS = ("per_prompt", "batch", "none")
 
@@ -106,3 +107,25 @@ def combine(weights: dict, normalize: str = "per_prompt", thresholds: dict[str, 
             raise ConfigError(f"combine: weight of {s.name!r} must be a number, got {weight!r}") from None
         scorers[s.name] = s
     return CombinedScorer(scorers, w, normalize, thresholds)
+
+
+@SCORER_FAMILIES.register("combine")
+def build_combined(card: ScorerCard, local_files_only: bool | None = None, *, name: str, device: str = "auto", dtype=None,
+                   bt_scale: float = 1.0, **video) -> CombinedScorer:
+    """A shipped combination: ``architecture.config`` holds :func:`combine`'s ``weights`` (member card names),
+    ``normalize`` and ``thresholds``. Each member scores videos as its own card says, so the combination's
+    card has no ``video`` options of its own."""
+    config = dict(card.architecture.config or {})
+    unknown = sorted(set(config) - {"weights", "normalize", "thresholds"})
+    if unknown or "weights" not in config:
+        raise ConfigError(f"{card.source or card.name}: architecture.config of family 'combine' takes weights (required), "
+                          f"normalize and thresholds; got {sorted(config)}")
+    default = VideoSpec()
+    changed = sorted(k for k, v in video.items() if v != getattr(default, k.removeprefix("video_")))
+    if changed:
+        raise ConfigError(f"scorer {name!r} combines {sorted(config['weights'])}: {changed} apply to each member; "
+                          "set them in the member's card")
+    scorer = combine(config["weights"], config.get("normalize", "per_prompt"), config.get("thresholds"), device=device,
+                     dtype=dtype, local_files_only=local_files_only)
+    scorer.name, scorer.bt_scale, scorer.card = name, float(bt_scale), card
+    return scorer

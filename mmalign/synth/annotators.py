@@ -26,7 +26,7 @@ import torch
 from mmalign.errors import InputError
 from mmalign.fileio import atomic_write
 from mmalign.media import ImageBatch, Media
-from mmalign.synth.oracle import evaluate
+from mmalign.synth.oracle import evaluate, image_quality
 
 
 @dataclass
@@ -51,6 +51,13 @@ class Annotator:
     def utility(self, media: Media, prompts: Sequence[str] | None = None) -> torch.Tensor:
         """One noisy judgment of each item's utility."""
         return self._noisy(self.true_utility(media, prompts))
+
+    def rate_quality(self, images: ImageBatch) -> torch.Tensor:
+        """One noisy rating of each image's quality alone, with no prompt (the oracle's palette noise and
+        edge sharpness, :func:`~mmalign.synth.oracle.image_quality`): the task of an image-quality study,
+        whose raters' mean is a mean opinion score (SPAQ, KonIQ-10k)."""
+        data = images.pixels.detach().float().clamp(0, 1).cpu().numpy()
+        return self._noisy(torch.tensor([image_quality(x)["quality"] for x in data]))
 
     def _noisy(self, u: torch.Tensor) -> torch.Tensor:
         return u + torch.from_numpy(self._rng.normal(0.0, self.noise, len(u))).float()
