@@ -56,6 +56,7 @@ def test_train_quality_writes_a_folder_the_card_loads(tmp_path):
     card["checkpoint"] = {"source": "local", "path": str(tmp_path / "iqa")}
     (tmp_path / "card.yaml").write_text(yaml.safe_dump(card))
     assert (tmp_path / "iqa" / "train_report.json").exists()
+    assert (tmp_path / "iqa.work" / "iqa_state.pt").exists()  # resumable (mmalign.zoo.stages.TrainStage)
     x = torch.rand(2, 3, 32, 32)
     scorer = load_scorer(tmp_path / "card.yaml", dtype="fp32")
     from mmalign.synth.quality import QualityNet

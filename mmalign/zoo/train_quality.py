@@ -22,7 +22,6 @@ import random
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from scipy import stats
 
@@ -32,7 +31,7 @@ from mmalign.media import ImageBatch
 from mmalign.paths import asset_path
 from mmalign.synth.annotators import Annotator
 from mmalign.synth.quality import QualityNet
-from mmalign.zoo.stages import seeded
+from mmalign.zoo.stages import TrainStage, seeded
 from mmalign.zoo.train_scorers import corrupted_renders, generated_groups
 
 
@@ -61,7 +60,10 @@ def correlations(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
 
 @seeded
 def run(out: Path, seed: int = 0, n_video: int = 400, n_image: int = 1500, n_render: int = 3000, raters: int = 5,
-        steps: int = 3000, batch_size: int = 128, lr: float = 2e-3, width: int = 16, log=print) -> dict:
+        steps: int = 3000, batch_size: int = 128, lr: float = 2e-3, width: int = 16, work: Path | None = None,
+        log=print) -> dict:
+    """Train into ``work`` (resumable: ``touch WORK/STOP`` stops it, the same call resumes; default ``OUT.work``),
+    evaluate on held-out prompts, write the model folder ``out`` with ``train_report.json``."""
     t0 = time.time()
     train = pictures(n_video, n_image, n_render, seed, "train")
     x = torch.cat([b.pixels for b in train.values()])
@@ -73,16 +75,19 @@ def run(out: Path, seed: int = 0, n_video: int = 400, n_image: int = 1500, n_ren
     model = QualityNet(size=x.shape[-1], width=width)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
-    gen = torch.Generator().manual_seed(seed)
-    for step in range(1, steps + 1):
-        idx = torch.randint(len(x), (batch_size,), generator=gen)
-        loss = torch.nn.functional.mse_loss(model(x[idx]), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % max(1, steps // 10) == 0:
-            log(f"step {step}/{steps}: mse {loss.item():.5f}")
+    work = work or out.with_name(out.name + ".work")
+    work.mkdir(parents=True, exist_ok=True)
+    stage = TrainStage(work, "iqa", model, opt, sched, seed, every=500, log=log,
+                       clip=None, log_every=max(1, steps // 10))
+
+    def loss(rng: torch.Generator) -> dict[str, torch.Tensor]:
+        idx = torch.randint(len(x), (batch_size,), generator=rng)
+        return {"loss": torch.nn.functional.mse_loss(model(x[idx]), y[idx])}
+
+    stage.run(steps, loss)
+    if stage.step < steps:
+        log(f"stopped at step {stage.step}/{steps}; run the same command again to resume")
+        return {"stopped_at": stage.step}
 
     model.eval()
     report: dict = {"scorer": "synth-iqa", "seed": seed, "train_pictures": len(x), "raters": raters, "steps": steps,
@@ -105,6 +110,7 @@ def run(out: Path, seed: int = 0, n_video: int = 400, n_image: int = 1500, n_ren
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=None, help="model folder (default: assets/models/synth-iqa, the one its card loads)")
+    ap.add_argument("--work", type=Path, default=None, help="folder of the resumable training state (default: OUT.work)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-video", type=int, default=400, help="synth-video samples of train prompts (every frame is a picture)")
     ap.add_argument("--n-image", type=int, default=1500, help="synth-sdxl samples of train prompts")
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     run(args.out or asset_path("models", "synth-iqa"), args.seed, args.n_video, args.n_image, args.n_render, args.raters,
-        args.steps, args.batch_size, args.lr, args.width, log=lambda s: print(s, flush=True))
+        args.steps, args.batch_size, args.lr, args.width, args.work, log=lambda s: print(s, flush=True))
 
 
 if __name__ == "__main__":
