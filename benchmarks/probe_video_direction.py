@@ -15,7 +15,8 @@ too high): the signal a perfect model could draw from the word where the noisy i
 The same test for the color order of "a red square turning blue" (rendered change videos): the loss under
 the prompt with its two colors exchanged ("a blue square turning red"), with the first color recolored as
 the control. A model that ignores the order has the same loss under both orders and changes color the
-wrong way round as often as the right way. The report also gives how far the text encoder's output for the
+wrong way round as often as the right way, which ``--samples`` held-out change prompts, sampled and tracked
+by the oracle (the main object's color over the first and the last third of the frames), show. The report also gives how far the text encoder's output for the
 exchanged prompt is from a permutation of the true prompt's tokens (each token's distance to its nearest
 token of the other prompt, over its norm): near 0, the encoder passes on the words but not their order,
 and a denoiser that cross-attends to the tokens as a set (Wan's does: no positions on the text) cannot see
@@ -40,6 +41,7 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=256, help="rendered motion videos, and as many change videos (train split)")
     ap.add_argument("--timesteps", default="999,900,800,600,400,200")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--samples", type=int, default=96, help="held-out change prompts to sample: which way round do they change?")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/probe_video_direction.json"))
     args = ap.parse_args()
@@ -49,6 +51,7 @@ def main() -> None:
 
     from mmalign.generators import load_generator
     from mmalign.media import VideoBatch
+    from mmalign.synth.oracle import evaluate
     from mmalign.synth.prompts import COLORS, parse_prompt, sample_prompts
     from mmalign.synth.render import render
 
@@ -112,11 +115,19 @@ def main() -> None:
     used = a.norm(dim=-1) > 0  # padding tokens are zeros
     nearest = torch.cdist(a, b).masked_fill(~used[:, None, :], float("inf")).min(dim=2).values
     permutation_distance = float((nearest[used] / a.norm(dim=-1)[used]).mean())
+    # and in samples: the main object's color over the first and the last third of the frames (oracle tracks)
+    held = [p for p in sample_prompts("video", 20 * args.samples, seed=args.seed, split="heldout") if " turning " in p][: args.samples]
+    sampled = evaluate(gen.sample(held, n=1, seed=args.seed, batch_size=32, progress=False), held)
+    ways: dict[str, int] = {"right": 0, "reversed": 0, "other": 0}
+    for p, d in zip(held, sampled.details):
+        spec, colors = parse_prompt(p, "video"), [None if t is None else t[0] for t in d["track"]]
+        ends = tuple(max(set(part), key=part.count) for part in (colors[: len(colors) // 3], colors[-(len(colors) // 3):]))
+        ways["right" if ends == (spec.objects[0][0], spec.color_to) else "reversed" if ends == (spec.color_to, spec.objects[0][0]) else "other"] += 1
 
     report = {"generator": args.generator, "family": gen.family, "objective": adapter.prediction_type,
               "videos": len(x0), "seed": args.seed, "losses": rows,
               "x0_variance_explained_by_direction": round(float(1 - within / total), 4),
-              "color_order": {"videos": len(changes), "losses": order_rows,
+              "color_order": {"videos": len(changes), "losses": order_rows, "samples": {"prompts": len(held), **ways},
                               "text_permutation_distance": round(permutation_distance, 5)}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
@@ -125,7 +136,8 @@ def main() -> None:
     worst = max(abs(r["order_swapped_excess"]) for r in order_rows)
     print(f"direction explains {report['x0_variance_explained_by_direction']:.1%} of the latent variance; exchanging "
           f"the colors of a change changes the loss by at most {worst:.2%} (the text encoder's output is "
-          f"{permutation_distance:.2%} from a permutation of its tokens); report in {args.out}")
+          f"{permutation_distance:.2%} from a permutation of its tokens); of {len(held)} held-out change samples "
+          f"{ways['right']} change the right way round, {ways['reversed']} the reverse; report in {args.out}")
 
 
 if __name__ == "__main__":
