@@ -1,6 +1,8 @@
 """Train the shipped synth scorers on simulated-annotator data of the synthetic world.
 
     python -m mmalign.zoo.train_scorers --scorer synth-hps --generator synth-sdxl --n-generated 1500
+    python -m mmalign.zoo.train_scorers --scorer synth-hps --init assets/models/synth-hps --out assets/models/synth-hps-shapes \
+        --n-train 600 --shape-groups 1500 --steps 600 --lr 3e-4
     python -m mmalign.zoo.train_scorers --scorer synth-clap --n-train 400 --n-eval 100 --steps 600 --batch-size 32 \
         --generator synth-audio --n-generated 400 --generator-steps 8 --captions 2000
 
@@ -18,6 +20,13 @@ prompt's group is labelled by simulated annotators (``mmalign.synth.annotators.A
 included. Pairs of one prompt never say which prompt an item shows, and a scorer trained from scratch
 on them alone may ignore the text (the first synth-clap did); ``--captions N`` adds CLAP's contrastive
 loss on N corrupted renders captioned with their prompts (:class:`mmalign.scoring.train.CaptionSet`).
+Pairs that differ in many words at once can be told apart by the easiest one: synth-hps picks the right
+shape of a rendered object no better than chance (28% of 150 renders of one-object prompts, chance 33%).
+``--shape-groups N`` adds N hard-negative groups: one single-object prompt rendered in each of the three
+shapes (same color, each corrupted as above), all pairs labelled by the annotators, so a pair differs in its
+shape alone (the minimal contrast of attribute-binding hard negatives, as NegCLIP's swapped-attribute
+captions, Yuksekgonul et al. 2023, ICLR, "When and why vision-language models behave like bags-of-words").
+``--init FOLDER`` fine-tunes a trained synth-hps (its folder) instead of a random initialization.
 
 Evaluation on *held-out prompts*: the scorer's pooled pairwise accuracy against annotator 1's
 labels, next to the **annotator ceiling** = agreement of an independent annotator 2 with annotator 1
@@ -44,6 +53,7 @@ from pathlib import Path
 import torch
 
 from mmalign.checkpoint import atomic_folder
+from mmalign.errors import ConfigError
 from mmalign.fileio import atomic_write_json
 from mmalign.media import AudioBatch, ImageBatch
 from mmalign.paths import asset_path
@@ -154,6 +164,19 @@ def make_groups(modality: str, n_prompts: int, k: int, seed: int, split: str):
     return corrupted_renders(drawn, modality, seed, rng, [p for p in prompts for _ in range(k)]), prompts
 
 
+def shape_groups(n_prompts: int, seed: int, split: str):
+    """``n_prompts`` single-object image prompts, each rendered (and corrupted) once in every shape, same color:
+    (flat media [n·3], prompts [n]); within a group only the shape differs."""
+    from mmalign.synth.prompts import SHAPES, parse_prompt, sample_prompts
+
+    draws = sample_prompts("image", 4 * n_prompts, seed=seed, split=split)
+    prompts = [p for p in draws if parse_prompt(p, "image").kind == "single"][:n_prompts]
+    if len(prompts) < n_prompts:
+        raise ConfigError(f"shape groups: only {len(prompts)} single-object prompts among {len(draws)} draws; ask for fewer")
+    drawn = [f"a {parse_prompt(p, 'image').objects[0][0]} {shape}" for p in prompts for shape in SHAPES]
+    return corrupted_renders(drawn, "image", seed, random.Random(seed), [p for p in prompts for _ in SHAPES]), prompts
+
+
 def caption_set(modality: str, n: int, seed: int):
     """``n`` corrupted renders of train-split prompts, each captioned with the prompt it shows (the contrastive term)."""
     from mmalign.scoring.train import CaptionSet
@@ -194,6 +217,19 @@ def group_pairs(media, prompts: list[str], k: int, annotators):
 
 # -- saving -------------------------------------------------------------------------------------------
 
+def load_init(scorer, folder: Path) -> None:
+    """Start from the weights of a trained synth-hps folder (``open_clip_model.safetensors``, same architecture)."""
+    from safetensors.torch import load_file
+
+    file = folder / "open_clip_model.safetensors"
+    if not file.is_file():
+        raise ConfigError(f"--init {folder}: no open_clip_model.safetensors there; give a synth-hps folder such as assets/models/synth-hps")
+    try:
+        scorer.model.load_state_dict(load_file(str(file)))
+    except RuntimeError as exc:
+        raise ConfigError(f"--init {folder}: not the synth-hps architecture ({exc})") from exc
+
+
 def save_synth_hps(scorer, cfg: dict, out: Path) -> None:
     """The open_clip folder ``load_scorer("synth-hps")`` reads, written through a temporary folder and a rename."""
     from mmalign.scoring.train import save_open_clip_folder
@@ -218,7 +254,7 @@ def save_synth_clap(scorer, fe, tokenizer: WordTokenizer, out: Path) -> None:
 def run(scorer_name: str, out: Path, seed: int = 0, n_train: int = 600, n_eval: int = 150, k: int = 4, steps: int = 1500,
         batch_size: int = 64, lr: float = 5e-4, label_annotators: int = 1, generator: str | None = None,
         n_generated: int = 600, k_generated: int | None = None, n_captions: int = 0, caption_weight: float = 1.0,
-        generator_steps: int | None = None, log=print) -> dict:
+        generator_steps: int | None = None, init: Path | None = None, n_shape: int = 0, log=print) -> dict:
     from mmalign.scoring.metrics import hpdv2_accuracy, inversion_score
     from mmalign.scoring.train import PairSet, evaluate_pairs, train_scorer
     from mmalign.synth.annotators import Annotator, agreement
@@ -233,6 +269,13 @@ def run(scorer_name: str, out: Path, seed: int = 0, n_train: int = 600, n_eval: 
     label_panel = [Annotator(seed=seed + 1 + i) for i in range(label_annotators)]
     train_pairs, votes = group_pairs(train_media, train_prompts, k, label_panel)
     train_pairs.labels = torch.stack(votes).mean(0)
+    if n_shape:
+        if modality != "image":
+            raise ConfigError("shape groups are image renders: use them with --scorer synth-hps")
+        s_media, s_prompts = shape_groups(n_shape, seed + 4, "train")
+        s_pairs, s_votes = group_pairs(s_media, s_prompts, len(s_media) // len(s_prompts), label_panel)
+        s_pairs.labels = torch.stack(s_votes).mean(0)
+        train_pairs = PairSet.cat([train_pairs, s_pairs])
     ann1, ann2 = Annotator(seed=seed + 101), Annotator(seed=seed + 202)
     gen_eval = None
     if generator:
@@ -254,6 +297,10 @@ def run(scorer_name: str, out: Path, seed: int = 0, n_train: int = 600, n_eval: 
 
     if scorer_name == "synth-hps":
         scorer, cfg = build_synth_hps(tok, seed)
+        if init is not None:
+            load_init(scorer, Path(init))
+    elif init is not None:
+        raise ConfigError("--init fine-tunes a trained synth-hps; synth-clap trains from a random initialization")
     else:
         scorer, fe = build_synth_clap(tok, seed)
 
@@ -278,7 +325,8 @@ def run(scorer_name: str, out: Path, seed: int = 0, n_train: int = 600, n_eval: 
     oracle_acc = _agree_with_truth(s, u, k)
     report = {
         "scorer": scorer_name, "seed": seed, "train_pairs": len(train_pairs), "heldout_pairs": len(eval_pairs),
-        "steps": steps, "label_annotators": label_annotators, "captions": n_captions, "caption_weight": caption_weight if n_captions else 0.0, "pooled_accuracy": acc, "annotator_ceiling": ceiling, "ratio_to_ceiling": acc / ceiling,
+        "steps": steps, "label_annotators": label_annotators, "captions": n_captions, "caption_weight": caption_weight if n_captions else 0.0,
+        "init": None if init is None else str(init), "shape_groups": n_shape, "pooled_accuracy": acc, "annotator_ceiling": ceiling, "ratio_to_ceiling": acc / ceiling,
         "hpdv2_inversion": inv, "hpdv2_inversion_ceiling": inv_ceiling,
         "accuracy_vs_true_utility": oracle_acc, "seconds": round(time.time() - t0, 1),
     }
@@ -338,13 +386,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--generator-steps", type=int, default=None, help="sampling steps of --generator (default: its own)")
     ap.add_argument("--captions", type=int, default=0, help="captioned renders of train prompts for the contrastive term (0: none)")
     ap.add_argument("--caption-weight", type=float, default=1.0, help="weight of the contrastive term next to the preference loss")
+    ap.add_argument("--shape-groups", type=int, default=0, help="hard-negative groups: one object in each shape, nothing else changed (synth-hps)")
+    ap.add_argument("--init", type=Path, default=None, help="fine-tune this trained synth-hps folder instead of a random initialization")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = args.out or asset_path("models", args.scorer)
     run(args.scorer, out, args.seed, args.n_train, args.n_eval, 4, args.steps, args.batch_size, args.lr,
         args.label_annotators, args.generator, args.n_generated, args.k_generated, args.captions, args.caption_weight,
-        args.generator_steps, log=lambda s: print(s, flush=True))
+        args.generator_steps, args.init, args.shape_groups, log=lambda s: print(s, flush=True))
 
 
 if __name__ == "__main__":
