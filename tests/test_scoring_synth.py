@@ -145,6 +145,8 @@ def test_train_synth_hps_from_a_trained_folder_with_shape_groups(tmp_path):
     report = run("synth-hps", tmp_path / "hps", n_train=4, n_eval=3, k=4, steps=2, batch_size=8,
                  init=asset_path("models", "synth-hps"), n_shape=5, log=lambda s: None)
     assert report["shape_groups"] == 5 and report["train_pairs"] == 4 * 6 + 5 * 3 and report["init"].endswith("synth-hps")
+    with pytest.raises(ConfigError, match="for --scorer synth-hps"):  # before any data is built
+        run("synth-clap", tmp_path / "clap", n_train=4, n_shape=5, log=lambda s: None)
 
 
 def test_synth_hps_shapes_sees_the_shape_synth_hps_misses():

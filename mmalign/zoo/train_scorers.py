@@ -261,7 +261,16 @@ def run(scorer_name: str, out: Path, seed: int = 0, n_train: int = 600, n_eval: 
     from mmalign.synth.prompts import VOCABULARY
 
     modality = "image" if scorer_name == "synth-hps" else "audio"
+    if modality != "image" and (n_shape or init is not None):
+        raise ConfigError("--shape-groups (image renders) and --init (a trained synth-hps folder) are for --scorer synth-hps; "
+                          "synth-clap trains from a random initialization on its own data")
     tok = WordTokenizer(VOCABULARY, context_length=16)
+    if scorer_name == "synth-hps":  # first: a bad --init fails before the data is built
+        scorer, cfg = build_synth_hps(tok, seed)
+        if init is not None:
+            load_init(scorer, Path(init))
+    else:
+        scorer, fe = build_synth_clap(tok, seed)
     t0 = time.time()
     train_media, train_prompts = make_groups(modality, n_train, k, seed, "train")
     # training labels: the mean vote of ``label_annotators`` independent annotators (HPD v2 also pools
@@ -270,8 +279,6 @@ def run(scorer_name: str, out: Path, seed: int = 0, n_train: int = 600, n_eval: 
     train_pairs, votes = group_pairs(train_media, train_prompts, k, label_panel)
     train_pairs.labels = torch.stack(votes).mean(0)
     if n_shape:
-        if modality != "image":
-            raise ConfigError("shape groups are image renders: use them with --scorer synth-hps")
         s_media, s_prompts = shape_groups(n_shape, seed + 4, "train")
         s_pairs, s_votes = group_pairs(s_media, s_prompts, len(s_media) // len(s_prompts), label_panel)
         s_pairs.labels = torch.stack(s_votes).mean(0)
@@ -294,15 +301,6 @@ def run(scorer_name: str, out: Path, seed: int = 0, n_train: int = 600, n_eval: 
     rank2 = [_ranks(ann2.rank(g, p)) for g, p in zip(groups, eval_prompts)]
     truth = Annotator(seed=0, noise=0.0, tie_margin=0.0)
     log(f"data: {len(train_pairs)} train pairs, {len(eval_pairs)} held-out pairs ({time.time() - t0:.0f}s)")
-
-    if scorer_name == "synth-hps":
-        scorer, cfg = build_synth_hps(tok, seed)
-        if init is not None:
-            load_init(scorer, Path(init))
-    elif init is not None:
-        raise ConfigError("--init fine-tunes a trained synth-hps; synth-clap trains from a random initialization")
-    else:
-        scorer, fe = build_synth_clap(tok, seed)
 
     def eval_fn() -> dict:
         m = evaluate_pairs(scorer, eval_pairs.__class__(eval_pairs.a, eval_pairs.b, eval_pairs.prompts, l1))
