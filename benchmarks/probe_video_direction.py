@@ -49,6 +49,7 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
+    from mmalign.fileio import atomic_write_json
     from mmalign.generators import load_generator
     from mmalign.media import VideoBatch
     from mmalign.synth.oracle import evaluate
@@ -120,8 +121,8 @@ def main() -> None:
     sampled = evaluate(gen.sample(held, n=1, seed=args.seed, batch_size=32, progress=False), held)
     ways: dict[str, int] = {"right": 0, "reversed": 0, "other": 0}
     for p, d in zip(held, sampled.details):
-        spec, colors = parse_prompt(p, "video"), [None if t is None else t[0] for t in d["track"]]
-        ends = tuple(max(set(part), key=part.count) for part in (colors[: len(colors) // 3], colors[-(len(colors) // 3):]))
+        spec, seen = parse_prompt(p, "video"), [None if t is None else t[0] for t in d["track"]]
+        ends = tuple(max(set(part), key=part.count) for part in (seen[: len(seen) // 3], seen[-(len(seen) // 3):]))
         ways["right" if ends == (spec.objects[0][0], spec.color_to) else "reversed" if ends == (spec.color_to, spec.objects[0][0]) else "other"] += 1
 
     report = {"generator": args.generator, "family": gen.family, "objective": adapter.prediction_type,
@@ -129,10 +130,7 @@ def main() -> None:
               "x0_variance_explained_by_direction": round(float(1 - within / total), 4),
               "color_order": {"videos": len(changes), "losses": order_rows, "samples": {"prompts": len(held), **ways},
                               "text_permutation_distance": round(permutation_distance, 5)}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    atomic_write_json(args.out, report, indent=2)
     worst = max(abs(r["order_swapped_excess"]) for r in order_rows)
     print(f"direction explains {report['x0_variance_explained_by_direction']:.1%} of the latent variance; exchanging "
           f"the colors of a change changes the loss by at most {worst:.2%} (the text encoder's output is "
