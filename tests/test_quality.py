@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,3 +95,16 @@ def test_a_combine_card_is_the_weighted_sum_of_its_members_and_keeps_their_video
         load_scorer(_combined_card(tmp_path, weights={"synth-hps": 1.0}), video_stride=2)
     with pytest.raises(ConfigError, match="weights"):
         load_scorer(_combined_card(tmp_path, scorers=["synth-hps"]))
+
+
+def test_a_combine_member_card_file_is_found_next_to_the_combining_card(tmp_path, monkeypatch):
+    """A relative member path is read from the combining card's folder, whatever the working directory."""
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    (cards / "iqa-copy.yaml").write_text(Path("scorers/synth-iqa.yaml").read_text().replace("name: synth-iqa", "name: iqa-copy"))
+    mix = _combined_card(cards, weights={"iqa-copy.yaml": 2.0, "synth-hps": 1.0}, normalize="none")
+    monkeypatch.chdir(tmp_path)
+    scorer = load_scorer(mix, dtype="fp32")
+    assert scorer.weights == {"iqa-copy": 2.0, "synth-hps": 1.0}
+    with pytest.raises(ConfigError):
+        load_scorer(_combined_card(cards, weights={"cards/iqa-copy.yaml": 1.0}), dtype="fp32")

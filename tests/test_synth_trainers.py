@@ -104,6 +104,45 @@ def test_video_stages_resume_after_stop_and_the_pipeline_loads(tmp_path):
     assert gen.family == "wan"
     assert gen.sample(["a red circle moving left"], steps=2, progress=False).pixels.shape == (1, FRAMES, 3, 32, 32)
 
+    # --init continues the saved model (step 0 is exactly it) and --role-weight adds the color-role loss;
+    # the head is part of the resumed state, so a stopped continuation also resumes exactly
+    from diffusers import WanTransformer3DModel
+
+    lines: list[str] = []
+    cont = {**kw, "bank": 16, "init": tmp_path / "model", "role_weight": 1.0, "log": lines.append}
+    (tmp_path / "zero").mkdir()
+    same = train_dit(tmp_path / "zero", 0, **cont)
+    _assert_same(same.transformer.state_dict(),
+                 WanTransformer3DModel.from_pretrained(tmp_path / "model" / "transformer").state_dict())
+    want, got = _stop_and_resume(train_dit, "dit", tmp_path / "c_straight", tmp_path / "c_stopped", **cont)
+    _assert_same(want.text_encoder.state_dict(), got.text_encoder.state_dict())
+    assert any('"role"' in line for line in lines)
+
+
+def test_color_roles_point_at_the_first_color_and_the_one_it_turns_to():
+    from mmalign.synth.prompts import parse_prompt, sample_prompts
+    from mmalign.zoo.train_video import color_roles, tokenizer
+
+    tok = tokenizer()
+    prompts = sample_prompts("video", 40, seed=3, split="train")
+    change = [p for p in prompts if parse_prompt(p, "video").kind == "change"]
+    ids, mask, pos = color_roles(prompts, tok)
+    assert len(ids) == len(mask) == len(pos) == len(change) > 0
+    for p, row, (i, j) in zip(change, ids, pos.tolist()):
+        spec = parse_prompt(p, "video")
+        assert tok.convert_ids_to_tokens([int(row[i]), int(row[j])]) == ["\u2581" + spec.objects[0][0], "\u2581" + spec.color_to]
+        assert i < j
+    with pytest.raises(ValueError, match="no change prompts"):
+        color_roles([p for p in prompts if p not in change], tok)
+
+
+def test_init_without_the_dit_stage_is_refused(capsys):
+    from mmalign.zoo.train_video import main
+
+    with pytest.raises(SystemExit):
+        main(["--init", "assets/models/synth-video"])
+    assert "--stage dit" in capsys.readouterr().err
+
 
 #: tiny settings of each preset's training command, and the family the loaded folder must have
 TINY_RUNS = {

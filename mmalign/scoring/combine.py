@@ -13,6 +13,7 @@ score = Σ_k w_k · norm(cap_k(s_k)), where
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -109,12 +110,20 @@ def combine(weights: dict, normalize: str = "per_prompt", thresholds: dict[str, 
     return CombinedScorer(scorers, w, normalize, thresholds)
 
 
+def _member(key: str, source: Path | None) -> str:
+    """A member card file named relative to the combining card's file resolves next to it; names stay names."""
+    if source is None or not str(key).endswith((".yaml", ".yml")) or Path(key).is_absolute():
+        return key
+    return str(source.parent / key)
+
+
 @SCORER_FAMILIES.register("combine")
 def build_combined(card: ScorerCard, local_files_only: bool | None = None, *, name: str, device: str = "auto", dtype=None,
                    bt_scale: float = 1.0, **video) -> CombinedScorer:
-    """A shipped combination: ``architecture.config`` holds :func:`combine`'s ``weights`` (member card names),
-    ``normalize`` and ``thresholds``. Each member scores videos as its own card says, so the combination's
-    card has no ``video`` options of its own."""
+    """A shipped combination: ``architecture.config`` holds :func:`combine`'s ``weights`` (member card names, or
+    card files: a relative one is found next to the combining card, as a card's own files are), ``normalize``
+    and ``thresholds``. Each member scores videos as its own card says, so the combination's card has no
+    ``video`` options of its own."""
     config = dict(card.architecture.config or {})
     unknown = sorted(set(config) - {"weights", "normalize", "thresholds"})
     if unknown or "weights" not in config:
@@ -125,7 +134,8 @@ def build_combined(card: ScorerCard, local_files_only: bool | None = None, *, na
     if changed:
         raise ConfigError(f"scorer {name!r} combines {sorted(config['weights'])}: {changed} apply to each member; "
                           "set them in the member's card")
-    scorer = combine(config["weights"], config.get("normalize", "per_prompt"), config.get("thresholds"), device=device,
+    weights = {_member(key, card.source): w for key, w in dict(config["weights"]).items()}
+    scorer = combine(weights, config.get("normalize", "per_prompt"), config.get("thresholds"), device=device,
                      dtype=dtype, local_files_only=local_files_only)
     scorer.name, scorer.bt_scale, scorer.card = name, float(bt_scale), card
     return scorer

@@ -2,6 +2,8 @@
 
     python -m mmalign.zoo.train_video                       # VAE, then DiT + text encoder, then held-out eval
     python -m mmalign.zoo.train_video --stage dit --steps 4000
+    python -m mmalign.zoo.train_video --stage dit --init assets/models/synth-video --role-weight 1 \
+        --steps 2000 --lr 3e-4 --out assets/models/synth-video-roles        # continue, order-aware text
 
 ``synth-video`` is a real :class:`~diffusers.WanPipeline` (Wan 2.1 class): a tiny causal-3D
 ``AutoencoderKLWan`` (9 frames of 32×32 ↔ 5 × 8×8×8 latents: 2× in time, 4× in space), a tiny T5
@@ -13,6 +15,13 @@ whereas AnimateDiff's motion modules never see the text: the AnimateDiff model t
 the direction of motion (``benchmarks/probe_video_direction.py``). The pipeline goes to
 ``assets/models/synth-video/`` (what ``load_generator("synth-video")`` loads) with ``eval.json``, the
 oracle's accuracy on held-out prompts.
+
+Wan's cross-attention carries no text positions, so a video model sees its prompt's tokens as a set unless
+the text encoder writes each token's role into its output; trained on the flow objective alone, the T5 here
+does not, and the model cannot tell "a red square turning blue" from "a blue square turning red"
+(``benchmarks/probe_video_direction.py``), the bag-of-words failure that Yuksekgonul et al. 2023 (ICLR,
+arXiv:2210.01936) measure in CLIP. ``--role-weight`` adds an auxiliary loss on the encoder's output: a
+linear head must tell a change prompt's first color token from the color it turns to (cross entropy).
 
 Stop any stage with ``touch WORK/STOP``; running the same command again resumes it.
 """
@@ -86,6 +95,29 @@ def video_bank(n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
     return torch.cat(chunks), prompts
 
 
+def color_roles(prompts: list[str], tok) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The change prompts among ``prompts`` ("a red square turning blue") tokenized as the pipeline does
+    (``input_ids``, ``attention_mask``, ``[n, MAX_TOKENS]``) and the positions ``[n, 2]`` of the first
+    color's token and of the token of the color it turns to."""
+    from mmalign.synth.prompts import parse_prompt
+
+    specs = [(p, parse_prompt(p, "video")) for p in prompts]
+    change = [(p, s) for p, s in specs if s.kind == "change"]
+    if not change:
+        raise ValueError("no change prompts to learn color roles from: use a larger --bank")
+    enc = tok([p for p, _ in change], padding="max_length", max_length=MAX_TOKENS, truncation=True,
+              return_tensors="pt")
+
+    def position(ids: list[int], color: str, last: bool) -> int:
+        token = tok(color, add_special_tokens=False).input_ids[0]
+        hits = [i for i, t in enumerate(ids) if t == token]
+        return hits[-1] if last else hits[0]
+
+    pos = [[position(ids, s.objects[0][0], False), position(ids, s.color_to, True)]
+           for ids, (_, s) in zip(enc.input_ids.tolist(), change)]
+    return enc.input_ids, enc.attention_mask, torch.tensor(pos)
+
+
 @seeded
 def train_vae(work: Path, steps: int, seed: int, batch: int = 4, lr: float = 2e-3, bank: int = 4000,
               log: Log = print) -> None:
@@ -122,17 +154,26 @@ def assemble(vae, te, tok, transformer, scheduler):
 
 @seeded
 def train_dit(work: Path, steps: int, seed: int, batch: int = 16, lr: float = 1e-3, ema_decay: float = 0.998,
-              bank: int = 4000, log: Log = print):
+              bank: int = 4000, init: Path | None = None, role_weight: float = 0.0, log: Log = print):
     """Stage 2: the DiT and the T5 encoder with :class:`~mmalign.generators.wan.WanAdapter`'s objective
-    (``noise`` / ``target`` / ``predict`` / ``encode_prompts``); returns the pipeline with EMA weights."""
-    from diffusers import AutoencoderKLWan
+    (``noise`` / ``target`` / ``predict`` / ``encode_prompts``); returns the pipeline with EMA weights.
+
+    ``init``: continue a saved pipeline (its VAE, DiT and text encoder) instead of new weights and
+    ``WORK/vae``. ``role_weight`` > 0 adds ``role_weight`` × the color-role loss (module docstring) on
+    ``batch`` change prompts of the bank per step."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import UMT5EncoderModel
 
     from mmalign.generators.wan import WanGenerator
     from mmalign.media import VideoBatch
 
     tok = tokenizer()
-    vae = AutoencoderKLWan.from_pretrained(work / "vae").eval().requires_grad_(False)
-    te, transformer = build_text_encoder(tok), build_transformer()
+    vae = AutoencoderKLWan.from_pretrained(init / "vae" if init else work / "vae").eval().requires_grad_(False)
+    if init:
+        te = UMT5EncoderModel.from_pretrained(init / "text_encoder")
+        transformer = WanTransformer3DModel.from_pretrained(init / "transformer")
+    else:
+        te, transformer = build_text_encoder(tok), build_transformer()
     log(json.dumps({"dit_params": sum(p.numel() for p in transformer.parameters()),
                     "text_params": sum(p.numel() for p in te.parameters())}))
     adapter = WanGenerator(assemble(vae, te, tok, transformer, build_scheduler()), device=torch.device("cpu"),
@@ -144,6 +185,9 @@ def train_dit(work: Path, steps: int, seed: int, batch: int = 16, lr: float = 1e
     transformer.train()
     te.train()
     modules = torch.nn.ModuleList([transformer, te])
+    if role_weight:
+        role_ids, role_mask, role_pos = color_roles(prompts, tok)
+        modules.append(torch.nn.Linear(te.config.d_model, 2))  # the role head, trained and then dropped
     opt = torch.optim.AdamW(modules.parameters(), lr=lr, weight_decay=1e-2)
     stage = TrainStage(work, "dit", modules, opt, warmup_schedule(opt, 200), seed, every=250, log=log,
                        ema_decay=ema_decay)
@@ -155,10 +199,18 @@ def train_dit(work: Path, steps: int, seed: int, batch: int = 16, lr: float = 1e
         noise = torch.randn(x0.shape, generator=g)
         t = adapter.sample_timesteps(batch, generator=g)
         pred = adapter.predict(adapter.noise(x0, noise, t), t, adapter.encode_prompts(texts))
-        return {"loss": F.mse_loss(pred, adapter.target(x0, noise, t))}
+        out = {"loss": F.mse_loss(pred, adapter.target(x0, noise, t))}
+        if role_weight:
+            j = torch.randint(0, len(role_ids), (batch,), generator=g)
+            h = te(role_ids[j], attention_mask=role_mask[j]).last_hidden_state
+            rows = torch.arange(batch)
+            feats = torch.cat([h[rows, role_pos[j, 0]], h[rows, role_pos[j, 1]]])
+            out["role"] = F.cross_entropy(modules[2](feats), torch.arange(2).repeat_interleave(batch))
+            out["loss"] = out["loss"] + role_weight * out["role"]
+        return out
 
     stage.run(steps, loss)
-    transformer, te = stage.weights
+    transformer, te = stage.weights[:2]
     return assemble(vae, te, tok, transformer, build_scheduler())
 
 
@@ -195,13 +247,23 @@ def _vae_stage(args: argparse.Namespace, work: Path, out: Path, log: Log) -> Non
 
 
 def _dit_stage(args: argparse.Namespace, work: Path, out: Path, log: Log) -> None:
-    save_pipeline(train_dit(work, args.steps, args.seed, batch=args.batch, bank=args.bank, log=log), out, args.shift)
+    pipe = train_dit(work, args.steps, args.seed, batch=args.batch, lr=args.lr, bank=args.bank, init=args.init,
+                     role_weight=args.role_weight, log=log)
+    save_pipeline(pipe, out, args.shift)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = trainer_parser(__doc__, ("vae", "dit"), vae_steps=1200, steps=8000, batch=16, bank=4000, eval_n=200)
     p.add_argument("--shift", type=float, default=1.0, help="flow-matching timestep shift used for sampling")
-    run_trainer(p.parse_args(argv), NAME, {"vae": _vae_stage, "dit": _dit_stage}, evaluate_model)
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the dit stage")
+    p.add_argument("--init", type=Path, default=None,
+                   help="continue this saved synth-video folder in the dit stage (its VAE; no vae stage needed)")
+    p.add_argument("--role-weight", type=float, default=0.0,
+                   help="weight of the auxiliary color-role loss on the text encoder (0: off, as shipped)")
+    args = p.parse_args(argv)
+    if args.init and args.stage != "dit":
+        p.error("--init continues a trained model's dit stage: add --stage dit")
+    run_trainer(args, NAME, {"vae": _vae_stage, "dit": _dit_stage}, evaluate_model)
 
 
 if __name__ == "__main__":
