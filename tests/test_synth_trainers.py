@@ -120,6 +120,7 @@ def test_video_stages_resume_after_stop_and_the_pipeline_loads(tmp_path):
 
 
 def test_color_roles_point_at_the_first_color_and_the_one_it_turns_to():
+    from mmalign.errors import ConfigError
     from mmalign.synth.prompts import parse_prompt, sample_prompts
     from mmalign.zoo.train_video import color_roles, tokenizer
 
@@ -132,16 +133,17 @@ def test_color_roles_point_at_the_first_color_and_the_one_it_turns_to():
         spec = parse_prompt(p, "video")
         assert tok.convert_ids_to_tokens([int(row[i]), int(row[j])]) == ["\u2581" + spec.objects[0][0], "\u2581" + spec.color_to]
         assert i < j
-    with pytest.raises(ValueError, match="no change prompts"):
+    with pytest.raises(ConfigError, match="no change prompts"):
         color_roles([p for p in prompts if p not in change], tok)
 
 
-def test_init_without_the_dit_stage_is_refused(capsys):
+def test_init_without_the_dit_stage_or_an_out_folder_is_refused(capsys):
     from mmalign.zoo.train_video import main
 
-    with pytest.raises(SystemExit):
-        main(["--init", "assets/models/synth-video"])
-    assert "--stage dit" in capsys.readouterr().err
+    for args in (["--init", "assets/models/synth-video"], ["--init", "assets/models/synth-video", "--stage", "dit"]):
+        with pytest.raises(SystemExit):
+            main(args)
+        assert "add --stage dit and --out FOLDER" in capsys.readouterr().err
 
 
 #: tiny settings of each preset's training command, and the family the loaded folder must have

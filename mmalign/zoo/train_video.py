@@ -3,7 +3,7 @@
     python -m mmalign.zoo.train_video                       # VAE, then DiT + text encoder, then held-out eval
     python -m mmalign.zoo.train_video --stage dit --steps 4000
     python -m mmalign.zoo.train_video --stage dit --init assets/models/synth-video --role-weight 1 \
-        --steps 2000 --lr 3e-4 --out assets/models/synth-video-roles        # continue, order-aware text
+        --steps 2000 --lr 3e-4 --out runs/synth-video-roles     # continue it, order-aware text
 
 ``synth-video`` is a real :class:`~diffusers.WanPipeline` (Wan 2.1 class): a tiny causal-3D
 ``AutoencoderKLWan`` (9 frames of 32×32 ↔ 5 × 8×8×8 latents: 2× in time, 4× in space), a tiny T5
@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from mmalign.checkpoint import Log, atomic_folder
+from mmalign.errors import ConfigError
 from mmalign.synth.prompts import sample_prompts
 from mmalign.synth.render import render
 from mmalign.zoo.stages import TrainStage, run_trainer, save_generator, seeded, trainer_parser, warmup_schedule
@@ -104,7 +105,7 @@ def color_roles(prompts: list[str], tok) -> tuple[torch.Tensor, torch.Tensor, to
     specs = [(p, parse_prompt(p, "video")) for p in prompts]
     change = [(p, s) for p, s in specs if s.kind == "change"]
     if not change:
-        raise ValueError("no change prompts to learn color roles from: use a larger --bank")
+        raise ConfigError("no change prompts to learn color roles from: use a larger --bank")
     enc = tok([p for p, _ in change], padding="max_length", max_length=MAX_TOKENS, truncation=True,
               return_tensors="pt")
 
@@ -256,13 +257,15 @@ def main(argv: list[str] | None = None) -> None:
     p = trainer_parser(__doc__, ("vae", "dit"), vae_steps=1200, steps=8000, batch=16, bank=4000, eval_n=200)
     p.add_argument("--shift", type=float, default=1.0, help="flow-matching timestep shift used for sampling")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the dit stage")
-    p.add_argument("--init", type=Path, default=None,
-                   help="continue this saved synth-video folder in the dit stage (its VAE; no vae stage needed)")
+    p.add_argument("--init", type=Path, default=None, help="continue this saved synth-video folder in the dit stage "
+                   "(its VAE; no vae stage), into --out (state in OUT.work unless --work)")
     p.add_argument("--role-weight", type=float, default=0.0,
                    help="weight of the auxiliary color-role loss on the text encoder (0: off, as shipped)")
     args = p.parse_args(argv)
-    if args.init and args.stage != "dit":
-        p.error("--init continues a trained model's dit stage: add --stage dit")
+    if args.init:  # a fresh state folder: the default one may hold the original run's finished dit stage
+        if args.stage != "dit" or args.out is None:
+            p.error("--init continues a trained model's dit stage into a new folder: add --stage dit and --out FOLDER")
+        args.work = args.work or args.out.with_name(args.out.name + ".work")
     run_trainer(args, NAME, {"vae": _vae_stage, "dit": _dit_stage}, evaluate_model)
 
 
