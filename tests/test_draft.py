@@ -146,3 +146,24 @@ def test_the_kl_anchor_compares_the_last_k_steps_with_the_reference_and_enters_t
     assert [r["step"] for r in steps] == [1, 2] and steps[0]["kl"] == 0.0 and steps[1]["kl"] > 0
     m = run.last_metrics
     assert m["loss"] == pytest.approx(-m["reward"] + 5.0 * m["kl"], rel=1e-5)
+
+
+def test_the_kl_anchor_counts_sampling_steps_not_calls_when_a_pipeline_calls_once_per_guidance_branch():
+    """Wan's pipeline calls its transformer twice a step (conditional, then unconditional): the anchor must skip
+    the first sampling steps, not the first calls, and compare both branches of each later step."""
+    from mmalign.align.draft import kl_anchor, timestep_of
+    from mmalign.align.trainer import lora_disabled
+    from peft import LoraConfig, inject_adapter_in_model
+
+    gen = load_generator("synth-video")
+    dit = gen.denoiser
+    inject_adapter_in_model(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_v"]), dit)
+    seen: list[float] = []
+    watch = dit.register_forward_hook(lambda m, a, k, o: seen.append(timestep_of(a, k)), with_kwargs=True)
+    penalties: list[torch.Tensor] = []
+    with kl_anchor(dit, lambda: lora_disabled(dit), skip=3, penalties=penalties):
+        gen.sample_differentiable(["a static red circle"], _noise([1]), grad_steps=2, steps=5)
+    watch.remove()
+    assert len(set(seen)) == 5 and len(seen) == 2 * 5 + 2 * 2  # two branches a step, plus the reference's calls
+    assert len(penalties) == 2 * 2  # the last 2 steps, both guidance branches (counting calls would give 10 - 3)
+    assert timestep_of((torch.zeros(1), torch.tensor([7.0])), {}) == 7.0 and timestep_of((), {"timestep": 3}) == 3.0

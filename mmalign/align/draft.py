@@ -85,10 +85,11 @@ class RewardBackprop:
 @contextlib.contextmanager
 def kl_anchor(denoiser: torch.nn.Module, reference: Callable[[], Any], skip: int,
               penalties: list[torch.Tensor]) -> Iterator[None]:
-    """While active, every denoiser call after the first ``skip`` (one call a sampling step, both
-    classifier-free-guidance branches batched, as diffusers' pipelines call it) appends
-    ``mean ‖ε_θ − ε_ref‖²`` to ``penalties``: ε_ref is the same call under ``reference()`` without gradients."""
-    calls, inside = [0], [False]
+    """While active, every denoiser call after the first ``skip`` sampling steps appends ``mean ‖ε_θ − ε_ref‖²``
+    to ``penalties``: ε_ref is the same call under ``reference()`` without gradients. A step is a timestep: most
+    diffusers pipelines batch the two classifier-free-guidance branches into one call a step, Wan's calls its
+    transformer once for each, so calls are grouped by the timestep they are made at."""
+    steps, last_t, inside = [0], [None], [False]
 
     def first(out: Any) -> torch.Tensor:
         return out if torch.is_tensor(out) else out[0]  # a tensor, a tuple or a diffusers BaseOutput
@@ -96,8 +97,10 @@ def kl_anchor(denoiser: torch.nn.Module, reference: Callable[[], Any], skip: int
     def hook(module: torch.nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
         if inside[0]:
             return
-        calls[0] += 1
-        if calls[0] <= skip or not torch.is_grad_enabled():
+        t = timestep_of(args, kwargs)
+        if t is None or steps[0] == 0 or t != last_t[0]:  # no timestep found: each call is a step
+            steps[0], last_t[0] = steps[0] + 1, t
+        if steps[0] <= skip or not torch.is_grad_enabled():
             return
         inside[0] = True
         try:
@@ -114,4 +117,13 @@ def kl_anchor(denoiser: torch.nn.Module, reference: Callable[[], Any], skip: int
         handle.remove()
 
 
-__all__ = ["RewardBackprop", "kl_anchor"]
+def timestep_of(args: tuple, kwargs: dict) -> float | None:
+    """The timestep a denoiser is called at: the ``timestep`` keyword (Wan, SD3) or the second positional argument
+    (UNets, ``unet(latents, t, ...)``), as one number (a batch's timesteps are equal within a sampling step)."""
+    t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+    if torch.is_tensor(t):
+        return float(t.detach().flatten()[0]) if t.numel() else None
+    return None if t is None else float(t)
+
+
+__all__ = ["RewardBackprop", "kl_anchor", "timestep_of"]
