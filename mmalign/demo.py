@@ -8,7 +8,7 @@ simulated annotators measure what the generic trainer did.
    samples per prompt, scored, best vs worst (``mmalign pairs``); reward backpropagation (``draft``,
    every modality's default) needs no data: it samples the train prompts while it trains;
 3. train with LoRA (images: ``recipes/synth-draft.yaml``; audio: the same with DPOK's KL anchor,
-   ``recipes/synth-audio-draft.yaml``; video: through the whole sampling chain on ``synth-video-reward``
+   ``recipes/synth-audio-draft.yaml``; video: through the last 10 of 20 sampling steps on ``synth-video-reward``
    with the same anchor, ``recipes/synth-video-draft.yaml``), logging a validation curve on train-split
    prompts the training does not use;
 4. evaluate base (the plain generator) vs aligned (``load_generator(generator, lora=run/final)``, as a
@@ -58,7 +58,7 @@ METHOD_NAMES = {"diffusion_dpo": "Diffusion-DPO", "rank_dpo": "RankDPO", "lipo":
 
 PRESETS: dict[str, dict[str, Any]] = {
     "image": {},
-    # 192 held-out prompts for a narrower CI: sampling them is cheap next to training through 20 sampling steps
+    # 192 held-out prompts for a narrower CI: sampling them is cheap next to training through 10 sampling steps
     "video": {"generator": "synth-video", "scorer": "synth-video-reward", "recipe": "synth-video-draft", "train_prompts": 96,
               "val_prompts": 24, "eval_prompts": 192},
     # 8 sampling steps instead of the generator's 24: the audio demo in about 2.5 min instead of 15
