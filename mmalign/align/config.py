@@ -65,7 +65,7 @@ class RewardConfig(Card):
     grad_steps: int = Field(1, gt=0, description="K of DRaFT-K: the reward's gradient flows through the last K sampling steps (earlier steps are detached)")
     steps: int | None = Field(None, gt=0, description="Sampling steps of each training sample (None: the generator's default)")
     guidance: float | None = Field(None, ge=0, description="Classifier-free guidance scale while training (None: the generator's default)")
-    kl_weight: float = Field(0.0, ge=0, description="DPOK's KL regulariser (Fan et al. 2023: the KL to the reference bounded by its per-step terms, ∝ ‖ε_θ − ε_ref‖² for Gaussian steps): adds kl_weight · mean ‖ε_θ − ε_ref‖² over the last grad_steps steps, ε_ref the reference's prediction at the same input (one more no-grad denoiser call a step); 0 = off")
+    kl_weight: float = Field(0.0, ge=0, description="DPOK's KL regulariser (Fan et al. 2023: the KL to the reference bounded by its per-step terms, ∝ ‖ε_θ − ε_ref‖² for Gaussian steps): adds kl_weight · mean ‖ε_θ − ε_ref‖² over the last grad_steps steps, ε_ref the reference's prediction at the same input (one more no-grad denoiser call for each of the policy's in those steps); 0 = off")
 
 
 class OptimizerConfig(Card):
